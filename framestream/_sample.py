@@ -92,7 +92,7 @@ def _to_tensor(value: Any, dtype: str) -> Any:
     if dtype == "string":
         return value
     if isinstance(value, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(value))
+        t = torch.from_numpy(np.array(value, copy=True))
     else:
         t = torch.as_tensor(value)
     if dtype == "float64":

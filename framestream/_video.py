@@ -241,7 +241,10 @@ def decode_episode_frames(
     raises instead of being silently substituted.
     """
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
-    dec = cache.get(relative)
+    try:
+        dec = cache.get(relative)
+    except VideoDecodeError as exc:
+        raise VideoDecodeError(f"{exc} (camera {camera!r}, episode {episode})") from exc
     try:
         data, pts = dec.frames_at(query.tolist())
     except VideoDecodeError as exc:

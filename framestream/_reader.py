@@ -1,0 +1,160 @@
+"""Episode readers: one per open segment, decoding its frames in order, each frame once.
+
+A reader knows, before decoding anything, every sample it still owes (its pending frames)
+and therefore every video frame those samples' windows touch, with a reference count. Frames
+are decoded sequentially in small chunks when the first sample that needs them is assembled,
+shared by every later sample whose window contains them, and released when their count drops
+to zero. A frame is decoded twice only if a reader is rebuilt (after a resume), and that is
+counted like any other decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from framestream._meta import DatasetMeta
+from framestream._plan import Segment
+from framestream._sample import WindowSpec, build_sample
+from framestream._tabular import EpisodeData, TableReader, image_frames
+from framestream._video import DecoderCache, decode_episode_frames
+
+
+@dataclass
+class Counters:
+    """What a worker has done; published to :meth:`StreamingLeRobotDataset.stats`."""
+
+    samples: int = 0
+    repeated_samples: int = 0
+    decoded_frames: int = 0
+    delivered_frames: int = 0
+    episodes_opened: int = 0
+    errors: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class _CameraFrames:
+    """Decoded frames of one camera of one reader, with reference counts."""
+
+    def __init__(self, needed: np.ndarray, counts: np.ndarray) -> None:
+        self.needed = needed  # sorted frame indices some pending sample uses
+        self.counts = counts  # per episode frame: pending uses
+        self.next = 0  # position in ``needed`` of the next frame to decode
+        self.store: dict[int, torch.Tensor] = {}
+
+
+class SegmentReader:
+    """Produces sample references for a segment and assembles them on request."""
+
+    def __init__(
+        self,
+        segment: Segment,
+        *,
+        meta: DatasetMeta,
+        spec: WindowSpec,
+        tables: TableReader,
+        decoders: DecoderCache,
+        tolerance_s: float,
+        counters: Counters,
+        return_uint8: bool,
+        image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
+        decode_chunk: int = 8,
+        cursor: int = 0,
+        produced_pending: Sequence[int] = (),
+    ) -> None:
+        self.segment = segment
+        self.meta, self.spec, self.decoders = meta, spec, decoders
+        self.tolerance_s, self.counters = tolerance_s, counters
+        self.return_uint8, self.image_transforms = return_uint8, image_transforms
+        self.decode_chunk = decode_chunk
+        self.ep: EpisodeData = tables.read(segment.episode)
+        self.cursor = cursor  # next frame offset (from segment.start) to produce
+        pending = np.concatenate(
+            [
+                np.asarray(list(produced_pending), dtype=np.int64),
+                np.arange(segment.start + cursor, segment.stop, dtype=np.int64),
+            ]
+        )
+        self.cameras: dict[str, _CameraFrames] = {}
+        for key in meta.video_keys:
+            offsets = spec.frame_offsets(key)
+            idx = np.clip(pending[:, None] + offsets[None, :], 0, self.ep.length - 1).ravel()
+            counts = np.bincount(idx, minlength=self.ep.length)
+            self.cameras[key] = _CameraFrames(np.nonzero(counts)[0], counts)
+        self.window_frames = sum(len(spec.frame_offsets(k)) for k in meta.camera_keys)
+        counters.episodes_opened += 1
+
+    # --------------------------------------------------------------- producing refs
+    @property
+    def remaining(self) -> int:
+        return self.segment.size - self.cursor
+
+    def produce(self) -> int:
+        """The next frame of the segment (a reference; nothing is decoded here)."""
+        frame = self.segment.start + self.cursor
+        self.cursor += 1
+        return frame
+
+    # --------------------------------------------------------------- assembling
+    def _ensure(self, key: str, upto: int) -> None:
+        cam = self.cameras[key]
+        stop = int(np.searchsorted(cam.needed, upto, side="right"))
+        if stop <= cam.next:
+            return
+        stop = max(stop, min(len(cam.needed), cam.next + self.decode_chunk))
+        todo = cam.needed[cam.next : stop]
+        frames = decode_episode_frames(
+            self.decoders,
+            relative=self.meta.video_file(self.ep.episode, key),
+            camera=key,
+            episode=self.ep.episode,
+            from_timestamp=self.meta.video_from_timestamp(self.ep.episode, key),
+            timestamps=self.ep.timestamps[todo].astype(np.float64),
+            tolerance_s=self.tolerance_s,
+        )
+        for i, f in enumerate(todo.tolist()):
+            cam.store[f] = frames[i]
+        cam.next = stop
+        self.counters.decoded_frames += len(todo)
+
+    def _frames(self, key: str, idx: np.ndarray) -> torch.Tensor:
+        if self.meta.features[key].dtype == "image":
+            return image_frames(self.ep, key, idx)
+        self._ensure(key, int(idx.max()))
+        store = self.cameras[key].store
+        return torch.stack([store[int(i)] for i in idx])
+
+    def _release(self, frame: int) -> None:
+        for key, cam in self.cameras.items():
+            idx = np.clip(frame + self.spec.frame_offsets(key), 0, self.ep.length - 1)
+            np.subtract.at(cam.counts, idx, 1)
+            for i in np.unique(idx).tolist():
+                if cam.counts[i] <= 0:
+                    cam.store.pop(i, None)
+
+    def sample(self, frame: int) -> dict[str, Any]:
+        """Assemble the sample of ``frame`` and release the frames only it still needed."""
+        out = build_sample(
+            self.ep,
+            frame,
+            meta=self.meta,
+            spec=self.spec,
+            camera_frames=self._frames,
+            return_uint8=self.return_uint8,
+            image_transforms=self.image_transforms,
+        )
+        self._release(frame)
+        c = self.counters
+        c.samples += 1
+        c.delivered_frames += self.window_frames
+        if self.segment.repeat:
+            c.repeated_samples += 1
+        return out
+
+    @property
+    def held_frames(self) -> int:
+        return sum(len(c.store) for c in self.cameras.values())

@@ -1,0 +1,56 @@
+"""A shared-memory board where each DataLoader worker publishes its counters.
+
+Workers are separate processes, so the dataset object in the training process never sees
+their counters. Each worker adds its increments into its own row of a small shared array
+(inherited on fork, passed along on spawn); :meth:`StatsBoard.totals` sums the rows.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Any
+
+FIELDS = (
+    "samples",
+    "repeated_samples",
+    "decoded_frames",
+    "delivered_frames",
+    "episodes_opened",
+    "errors",
+    "skipped_episodes",
+    "skipped_samples",
+    "cache_hits",
+    "cache_misses",
+    "cache_evictions",
+)
+MAX_SLOTS = 129  # worker ids 0..127 plus the main process
+
+
+class StatsBoard:
+    def __init__(self) -> None:
+        self._arr = mp.RawArray("d", MAX_SLOTS * len(FIELDS))
+        self._epoch = mp.RawValue("q", 0)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.value = int(value)
+
+    def add(self, slot: int, deltas: dict[str, float]) -> None:
+        base = (slot % MAX_SLOTS) * len(FIELDS)
+        for i, name in enumerate(FIELDS):
+            d = deltas.get(name)
+            if d:
+                self._arr[base + i] += d
+
+    def totals(self) -> dict[str, Any]:
+        n = len(FIELDS)
+        sums = [sum(self._arr[s * n + i] for s in range(MAX_SLOTS)) for i in range(n)]
+        return {name: int(v) for name, v in zip(FIELDS, sums, strict=True)}
+
+    def reset(self) -> None:
+        for i in range(len(self._arr)):
+            self._arr[i] = 0.0
