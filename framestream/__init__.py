@@ -1,4 +1,13 @@
-"""framestream: stream LeRobot v3.0 datasets into PyTorch training."""
+"""framestream: stream LeRobot v3.0 datasets (parquet + mp4) into PyTorch training.
+
+The public surface is small; everything in a ``_module`` is private.
+
+- :class:`StreamingLeRobotDataset`: the iterable dataset for training (shuffle, rank/worker
+  split, windows of any length, decode-once video, resumable).
+- :class:`MapDataset` (alias ``LeRobotDataset``): random access, the reference for parity.
+- :class:`DatasetMeta`: ``info.json``, episodes index and tasks of a dataset.
+- :func:`generate_synthetic_dataset`: a valid v3.0 dataset with identifiable frames.
+"""
 
 from framestream._errors import (
     DatasetFormatError,
@@ -9,16 +18,34 @@ from framestream._errors import (
     TimestampToleranceError,
     VideoDecodeError,
 )
+from framestream._map import MapDataset
+from framestream._meta import DatasetMeta
+from framestream._streaming import StreamingLeRobotDataset
+
+LeRobotDataset = MapDataset
 
 __version__ = "0.1.0"
 
+
+def generate_synthetic_dataset(*args, **kwargs):  # noqa: ANN002, ANN003
+    """See :func:`framestream._synth.generate_synthetic_dataset` (imported lazily: PyAV)."""
+    from framestream._synth import generate_synthetic_dataset as _gen
+
+    return _gen(*args, **kwargs)
+
+
 __all__ = [
     "DatasetFormatError",
+    "DatasetMeta",
     "EpisodeNotFoundError",
     "FramestreamError",
+    "LeRobotDataset",
+    "MapDataset",
     "SourceError",
     "StateDictError",
+    "StreamingLeRobotDataset",
     "TimestampToleranceError",
     "VideoDecodeError",
     "__version__",
+    "generate_synthetic_dataset",
 ]

@@ -128,6 +128,7 @@ class MapDataset(torch.utils.data.Dataset):
             from_timestamp=self.meta.video_from_timestamp(ep.episode, key),
             timestamps=ep.timestamps[uniq].astype(np.float64),
             tolerance_s=self.tolerance_s,
+            fps=self.meta.fps,
         )
         return frames[torch.from_numpy(inverse.reshape(-1))]
 

@@ -115,6 +115,7 @@ class SegmentReader:
             from_timestamp=self.meta.video_from_timestamp(self.ep.episode, key),
             timestamps=self.ep.timestamps[todo].astype(np.float64),
             tolerance_s=self.tolerance_s,
+            fps=self.meta.fps,
         )
         for i, f in enumerate(todo.tolist()):
             cam.store[f] = frames[i]

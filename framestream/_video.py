@@ -233,20 +233,24 @@ def decode_episode_frames(
     from_timestamp: float,
     timestamps: np.ndarray,
     tolerance_s: float,
+    fps: float,
 ) -> torch.Tensor:
     """Decode the frames at episode-relative ``timestamps`` (ascending) of one camera.
 
     The query is file-relative: ``from_timestamp + timestamp`` in that camera's own file.
     Every decoded frame is checked against its query; a frame further than ``tolerance_s``
-    raises instead of being silently substituted.
+    raises instead of being silently substituted. The decoder is asked for the frame shown
+    slightly after the query (by ``min(tolerance_s, 0.5 / fps)``) so that float32 rounding of
+    stored timestamps, a hair before a frame's start, still selects that frame.
     """
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
+    nudge = min(tolerance_s, 0.5 / fps)
     try:
         dec = cache.get(relative)
     except VideoDecodeError as exc:
         raise VideoDecodeError(f"{exc} (camera {camera!r}, episode {episode})") from exc
     try:
-        data, pts = dec.frames_at(query.tolist())
+        data, pts = dec.frames_at((query + nudge).tolist())
     except VideoDecodeError as exc:
         cache.discard(relative)
         raise VideoDecodeError(

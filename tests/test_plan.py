@@ -1,0 +1,98 @@
+"""The plan is a pure function: disjoint, complete, balanced, deterministic."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from framestream._plan import Segment, epoch_order, make_plan, partition, plan_all, resolve_rank
+
+
+def frames_of(segments):
+    return [(s.episode, f) for s in segments for f in range(s.start, s.stop)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("num_workers", [1, 2, 3, 7])
+@pytest.mark.parametrize("n_episodes", [1, 2, 5, 40])
+def test_every_frame_exactly_once(world_size, num_workers, n_episodes):
+    rng = np.random.default_rng(n_episodes)
+    episodes = np.arange(n_episodes)
+    lengths = rng.integers(20, 60, n_episodes)
+    plans = plan_all(episodes, lengths, seed=3, epoch=1, shuffle=True, world_size=world_size,
+                     num_workers=num_workers)
+    got = Counter(f for p in plans.values() for f in frames_of(p.segments))
+    want = {(int(e), f) for e, n in zip(episodes, lengths, strict=True) for f in range(n)}
+    assert set(got) == want
+    assert max(got.values()) == 1
+    # every worker busy as long as there are at least as many frames as workers
+    assert all(p.num_samples > 0 for p in plans.values())
+
+
+def test_ranks_get_whole_episodes_balanced_by_frames():
+    episodes = np.arange(40)
+    lengths = np.random.default_rng(0).integers(120, 300, 40)
+    plans = plan_all(episodes, lengths, seed=0, epoch=0, shuffle=True, world_size=4,
+                     num_workers=1)
+    per_rank = [plans[(r, 0)] for r in range(4)]
+    for p in per_rank:
+        assert all(s.start == 0 and s.stop == lengths[s.episode] for s in p.segments)
+    counts = [p.num_samples for p in per_rank]
+    assert max(counts) - min(counts) <= lengths.max()
+    eps = [s.episode for p in per_rank for s in p.segments]
+    assert len(eps) == len(set(eps)) == 40
+
+
+def test_single_episode_is_split_across_workers():
+    plans = plan_all(np.array([7]), np.array([100]), seed=0, epoch=0, shuffle=True,
+                     world_size=1, num_workers=3)
+    sizes = [plans[(0, w)].num_samples for w in range(3)]
+    assert sizes == [33, 34, 33]
+    assert {s.episode for p in plans.values() for s in p.segments} == {7}
+
+
+def test_even_ranks_pads_with_flagged_repeats():
+    episodes = np.arange(5)
+    lengths = np.array([10, 50, 20, 31, 7])
+    plans = plan_all(episodes, lengths, seed=1, epoch=0, shuffle=True, world_size=2,
+                     num_workers=2, even_ranks=True)
+    counts = {k: p.num_samples for k, p in plans.items()}
+    assert len(set(counts.values())) == 1
+    real = Counter(f for p in plans.values() for s in p.segments if not s.repeat
+                   for f in frames_of([s]))
+    assert sum(real.values()) == lengths.sum() and max(real.values()) == 1
+    assert any(s.repeat for p in plans.values() for s in p.segments)
+
+
+def test_order_depends_on_seed_and_epoch_only():
+    eps = np.arange(30)
+    a = epoch_order(eps, seed=1, epoch=0, shuffle=True)
+    assert np.array_equal(a, epoch_order(eps, seed=1, epoch=0, shuffle=True))
+    assert not np.array_equal(a, epoch_order(eps, seed=1, epoch=1, shuffle=True))
+    assert not np.array_equal(a, epoch_order(eps, seed=2, epoch=0, shuffle=True))
+    assert np.array_equal(epoch_order(eps, seed=1, epoch=5, shuffle=False), eps)
+
+
+def test_shuffle_false_keeps_order():
+    p = make_plan(np.array([4, 2, 9]), np.array([5, 5, 5]), seed=0, epoch=3, shuffle=False,
+                  rank=0, world_size=1, worker=0, num_workers=1)
+    assert [s.episode for s in p.segments] == [4, 2, 9]
+
+
+def test_partition_cuts_inside_segments_when_needed():
+    parts = partition([Segment(0, 0, 10), Segment(1, 0, 2)], 4)
+    assert [sum(s.size for s in p) for p in parts] == [3, 3, 3, 3]
+
+
+def test_resolve_rank_from_env(monkeypatch):
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert resolve_rank(None, None) == (2, 3)
+    assert resolve_rank(0, 1) == (0, 1)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert resolve_rank(None, None) == (0, 1)
+    with pytest.raises(ValueError):
+        resolve_rank(3, 2)
