@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from framestream._errors import FramestreamError
 from framestream._meta import DatasetMeta
 from framestream._plan import Segment
 from framestream._sample import WindowSpec, build_sample
@@ -139,7 +140,22 @@ class SegmentReader:
 
     def sample(self, frame: int) -> dict[str, Any]:
         """Assemble the sample of ``frame`` and release the frames only it still needed."""
-        out = build_sample(
+        try:
+            out = self._build(frame)
+        except FramestreamError as exc:
+            raise type(exc)(
+                f"dataset {self.meta.source.url}: episode {self.ep.episode}, frame {frame}: {exc}"
+            ) from exc
+        self._release(frame)
+        c = self.counters
+        c.samples += 1
+        c.delivered_frames += self.window_frames
+        if self.segment.repeat:
+            c.repeated_samples += 1
+        return out
+
+    def _build(self, frame: int) -> dict[str, Any]:
+        return build_sample(
             self.ep,
             frame,
             meta=self.meta,
@@ -148,13 +164,6 @@ class SegmentReader:
             return_uint8=self.return_uint8,
             image_transforms=self.image_transforms,
         )
-        self._release(frame)
-        c = self.counters
-        c.samples += 1
-        c.delivered_frames += self.window_frames
-        if self.segment.repeat:
-            c.repeated_samples += 1
-        return out
 
     @property
     def held_frames(self) -> int:

@@ -9,13 +9,14 @@ what :meth:`StreamingLeRobotDataset.state_dict` returns.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from framestream._errors import StateDictError
+from framestream._errors import FramestreamError, StateDictError
 from framestream._map import select_episodes
 from framestream._meta import DatasetMeta
 from framestream._plan import Plan, Segment, make_plan, resolve_rank
@@ -28,6 +29,7 @@ from framestream._tabular import TableReader
 from framestream._video import DecoderCache, resolve_backend
 
 STATE_VERSION = 1
+log = logging.getLogger("framestream")
 
 
 class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
@@ -57,6 +59,9 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         decoder_threads: FFmpeg threads per decoder; 1 suits one worker per core.
         shuffle_warmup: references the reservoir holds before it first emits; it then grows
             to ``buffer_size``. Lower means a faster first batch.
+        on_error: ``"raise"`` (default) stops on a bad episode with an error naming the
+            dataset, file, episode, frame and camera; ``"skip"`` drops the episode's remaining
+            samples, counts them in :meth:`stats` and logs the reason once per episode.
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         video_backend: Literal["torchcodec", "pyav"] | None = None,
         decoder_threads: int = 1,
         shuffle_warmup: int = 64,
+        on_error: Literal["raise", "skip"] = "raise",
         storage_options: dict[str, Any] | None = None,
         meta: DatasetMeta | None = None,
     ) -> None:
@@ -109,6 +115,9 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         self.video_backend = resolve_backend(video_backend)
         self.decoder_threads = decoder_threads
         self.shuffle_warmup = shuffle_warmup
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
         self._board = StatsBoard()
         self._stream: _Stream | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -293,6 +302,7 @@ class _Stream:
             backend=ds.video_backend,
             threads=ds.decoder_threads,
         )
+        self.skipped: list[dict[str, Any]] = []
         self._slot = (worker + 1) % MAX_SLOTS
         self._published: dict[str, int] = {}
 
@@ -325,8 +335,14 @@ class _Stream:
         while len(self.active) < limit and self.next_segment < len(segs):
             seg = segs[self.next_segment]
             self.next_segment += 1
-            if seg.size > 0:
+            if seg.size <= 0:
+                continue
+            try:
                 self.active.append(self._open(seg))
+            except FramestreamError as exc:
+                if self.ds.on_error == "raise":
+                    raise
+                self._record_skip(seg.episode, seg.size, exc)
 
     def _produce(self) -> tuple[int, int]:
         if len(self.active) == 1 or not self.ds.shuffle:
@@ -358,7 +374,13 @@ class _Stream:
                 return
             rid, frame = ref
             reader = self.readers[rid]
-            sample = reader.sample(frame)
+            try:
+                sample = reader.sample(frame)
+            except FramestreamError as exc:
+                if self.ds.on_error == "raise":
+                    raise
+                self._drop_reader(rid, exc)
+                continue
             if self.ds.even_ranks:
                 sample["is_repeat"] = torch.tensor(reader.segment.repeat)
             self.outstanding[rid] -= 1
@@ -367,6 +389,26 @@ class _Stream:
             self.emitted += 1
             self._publish()
             yield sample
+
+    # ------------------------------------------------------------ errors
+    def _record_skip(self, episode: int, lost: int, exc: Exception) -> None:
+        c = self.counters
+        c.errors += 1
+        c.extra["skipped_episodes"] = c.extra.get("skipped_episodes", 0) + 1
+        c.extra["skipped_samples"] = c.extra.get("skipped_samples", 0) + lost
+        self.skipped.append({"episode": int(episode), "samples": int(lost), "reason": str(exc)})
+        log.warning("framestream: skipping episode %d (%d samples): %s", episode, lost, exc)
+
+    def _drop_reader(self, rid: int, exc: Exception) -> None:
+        """on_error='skip': forget a failing reader and every reference to it."""
+        reader = self.readers.pop(rid)
+        before = len(self.reservoir.items)
+        self.reservoir.items = [r for r in self.reservoir.items if r[0] != rid]
+        lost = 1 + (before - len(self.reservoir.items)) + reader.remaining
+        if rid in self.active:
+            self.active.remove(rid)
+        self.outstanding.pop(rid, None)
+        self._record_skip(reader.segment.episode, lost, exc)
 
     # ------------------------------------------------------------ counters
     def _publish(self) -> None:
