@@ -21,8 +21,15 @@ def test_every_frame_exactly_once(world_size, num_workers, n_episodes):
     rng = np.random.default_rng(n_episodes)
     episodes = np.arange(n_episodes)
     lengths = rng.integers(20, 60, n_episodes)
-    plans = plan_all(episodes, lengths, seed=3, epoch=1, shuffle=True, world_size=world_size,
-                     num_workers=num_workers)
+    plans = plan_all(
+        episodes,
+        lengths,
+        seed=3,
+        epoch=1,
+        shuffle=True,
+        world_size=world_size,
+        num_workers=num_workers,
+    )
     got = Counter(f for p in plans.values() for f in frames_of(p.segments))
     want = {(int(e), f) for e, n in zip(episodes, lengths, strict=True) for f in range(n)}
     assert set(got) == want
@@ -34,8 +41,7 @@ def test_every_frame_exactly_once(world_size, num_workers, n_episodes):
 def test_ranks_get_whole_episodes_balanced_by_frames():
     episodes = np.arange(40)
     lengths = np.random.default_rng(0).integers(120, 300, 40)
-    plans = plan_all(episodes, lengths, seed=0, epoch=0, shuffle=True, world_size=4,
-                     num_workers=1)
+    plans = plan_all(episodes, lengths, seed=0, epoch=0, shuffle=True, world_size=4, num_workers=1)
     per_rank = [plans[(r, 0)] for r in range(4)]
     for p in per_rank:
         assert all(s.start == 0 and s.stop == lengths[s.episode] for s in p.segments)
@@ -46,8 +52,9 @@ def test_ranks_get_whole_episodes_balanced_by_frames():
 
 
 def test_single_episode_is_split_across_workers():
-    plans = plan_all(np.array([7]), np.array([100]), seed=0, epoch=0, shuffle=True,
-                     world_size=1, num_workers=3)
+    plans = plan_all(
+        np.array([7]), np.array([100]), seed=0, epoch=0, shuffle=True, world_size=1, num_workers=3
+    )
     sizes = [plans[(0, w)].num_samples for w in range(3)]
     assert sizes == [33, 34, 33]
     assert {s.episode for p in plans.values() for s in p.segments} == {7}
@@ -56,12 +63,21 @@ def test_single_episode_is_split_across_workers():
 def test_even_ranks_pads_with_flagged_repeats():
     episodes = np.arange(5)
     lengths = np.array([10, 50, 20, 31, 7])
-    plans = plan_all(episodes, lengths, seed=1, epoch=0, shuffle=True, world_size=2,
-                     num_workers=2, even_ranks=True)
+    plans = plan_all(
+        episodes,
+        lengths,
+        seed=1,
+        epoch=0,
+        shuffle=True,
+        world_size=2,
+        num_workers=2,
+        even_ranks=True,
+    )
     counts = {k: p.num_samples for k, p in plans.items()}
     assert len(set(counts.values())) == 1
-    real = Counter(f for p in plans.values() for s in p.segments if not s.repeat
-                   for f in frames_of([s]))
+    real = Counter(
+        f for p in plans.values() for s in p.segments if not s.repeat for f in frames_of([s])
+    )
     assert sum(real.values()) == lengths.sum() and max(real.values()) == 1
     assert any(s.repeat for p in plans.values() for s in p.segments)
 
@@ -76,8 +92,17 @@ def test_order_depends_on_seed_and_epoch_only():
 
 
 def test_shuffle_false_keeps_order():
-    p = make_plan(np.array([4, 2, 9]), np.array([5, 5, 5]), seed=0, epoch=3, shuffle=False,
-                  rank=0, world_size=1, worker=0, num_workers=1)
+    p = make_plan(
+        np.array([4, 2, 9]),
+        np.array([5, 5, 5]),
+        seed=0,
+        epoch=3,
+        shuffle=False,
+        rank=0,
+        world_size=1,
+        worker=0,
+        num_workers=1,
+    )
     assert [s.episode for s in p.segments] == [4, 2, 9]
 
 
