@@ -6,6 +6,7 @@ The public surface is small; everything in a ``_module`` is private.
   split, windows of any length, decode-once video, resumable).
 - :class:`MapDataset` (alias ``LeRobotDataset``): random access, the reference for parity.
 - :class:`DatasetMeta`: ``info.json``, episodes index and tasks of a dataset.
+- :class:`DatasetConfig` / :func:`make_dataset`: build either dataset from a YAML/JSON config.
 - :func:`generate_synthetic_dataset`: a valid v3.0 dataset with identifiable frames.
 """
 
@@ -20,7 +21,8 @@ from framestream._errors import (
 )
 from framestream._map import MapDataset
 from framestream._meta import DatasetMeta
-from framestream._streaming import StreamingLeRobotDataset
+from framestream._streaming import StreamingLeRobotDataset, merge_states
+from framestream.config import DatasetConfig, make_dataset
 
 LeRobotDataset = MapDataset
 
@@ -35,6 +37,7 @@ def generate_synthetic_dataset(*args, **kwargs):  # noqa: ANN002, ANN003
 
 
 __all__ = [
+    "DatasetConfig",
     "DatasetFormatError",
     "DatasetMeta",
     "EpisodeNotFoundError",
@@ -48,4 +51,6 @@ __all__ = [
     "VideoDecodeError",
     "__version__",
     "generate_synthetic_dataset",
+    "make_dataset",
+    "merge_states",
 ]
