@@ -307,6 +307,7 @@ class DatasetMeta:
 
     # ----------------------------------------------------------------- tasks
     def _load_tasks(self) -> dict[int, str]:
+        self.bad_tasks: dict[int, str] = {}  # task_index -> why its string is unusable
         if not self.source.exists(TASKS_PATH):
             return {}
         where = self.source.describe(TASKS_PATH)
@@ -326,7 +327,23 @@ class DatasetMeta:
             )
         idx = table.column("task_index").to_pylist()
         text = table.column(text_col).to_pylist()
-        return {int(i): str(t) for i, t in zip(idx, text, strict=True)}
+        tasks: dict[int, str] = {}
+        for i, t in zip(idx, text, strict=True):
+            # Why: str(b"...") or str(None) would hand a model a wrong task string; a bad
+            # task is kept aside and raises in task_of, so only its episodes fail or skip.
+            if isinstance(t, bytes):
+                try:
+                    t = t.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    self.bad_tasks[int(i)] = (
+                        f"task string is not valid UTF-8 (byte {exc.start}: {t[:40]!r})"
+                    )
+                    continue
+            if t is None:
+                self.bad_tasks[int(i)] = "task string is missing (null)"
+                continue
+            tasks[int(i)] = str(t)
+        return tasks
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -357,15 +374,66 @@ class DatasetMeta:
         )
 
     def video_from_timestamp(self, episode: int, key: str) -> float:
-        return float(self.episodes.videos[key].from_ts[self.episodes.row(episode)])
+        """Where ``episode`` starts in ``key``'s file; refuses a position that cannot be trusted.
+
+        Why: a from_timestamp off by whole frames still decodes frames within tolerance, of
+        another episode; only the episode index's own consistency can reveal it.
+        """
+        row = self.episodes.row(episode)
+        problem = self.video_position_problems(key).get(row)
+        if problem is not None:
+            raise DatasetFormatError(
+                f"{self.source.describe(EPISODES_DIR)}: episode {episode}, camera {key!r}: "
+                f"{problem}; the episode's video position is ambiguous"
+            )
+        return float(self.episodes.videos[key].from_ts[row])
+
+    def video_position_problems(self, key: str) -> dict[int, str]:
+        """Episode rows whose ``key`` range ``[from_timestamp, to_timestamp)`` is inconsistent.
+
+        Half a frame of slack everywhere. Refused: a range shorter than the episode (its last
+        frames would be the next episode's), one that starts before 0 or before the end of
+        the previous episode in the same file (it would show that episode's frames). Allowed:
+        a longer range (a video with extra frames decodes correctly) and gaps between episodes.
+        """
+        cache: dict[str, dict[int, str]] = self.__dict__.setdefault("_video_problems", {})
+        if key in cache:
+            return cache[key]
+        vid, eps = self.episodes.videos[key], self.episodes
+        half, out = 0.5 / self.fps, {}
+        span, need = vid.to_ts - vid.from_ts, eps.length / self.fps
+        for row in np.nonzero(span < need - half)[0].tolist():
+            out[row] = (
+                f"from_timestamp {vid.from_ts[row]:.6f}s .. to_timestamp {vid.to_ts[row]:.6f}s "
+                f"spans {span[row]:.6f}s, less than its {int(eps.length[row])} frames at "
+                f"{self.fps} fps ({need[row]:.6f}s)"
+            )
+        order = np.lexsort((vid.from_ts, vid.file, vid.chunk)).tolist()
+        for i, row in enumerate(order):
+            prev = order[i - 1] if i else None
+            same = prev is not None and (vid.chunk[prev], vid.file[prev]) == (
+                vid.chunk[row],
+                vid.file[row],
+            )
+            start = vid.to_ts[prev] if same else 0.0
+            if vid.from_ts[row] < start - half and row not in out:
+                after = f"the end of episode {int(eps.episode_index[prev])}" if same else "0"
+                out[row] = (
+                    f"from_timestamp {vid.from_ts[row]:.6f}s is before {after} "
+                    f"({start:.6f}s) in the same file"
+                )
+        cache[key] = out
+        return out
 
     def task_of(self, task_index: int, *, episode: int | None = None) -> str:
         try:
             return self.tasks[int(task_index)]
         except KeyError:
             where = f"episode {episode}: " if episode is not None else ""
+            bad = self.bad_tasks.get(int(task_index))
+            why = f": {bad}" if bad else " has no task"
             raise DatasetFormatError(
-                f"{self.source.describe(TASKS_PATH)}: {where}task_index {task_index} has no task"
+                f"{self.source.describe(TASKS_PATH)}: {where}task_index {task_index}{why}"
             ) from None
 
     def non_visual_keys(self) -> list[str]:

@@ -19,9 +19,20 @@ FIELDS = (
     "errors",
     "skipped_episodes",
     "skipped_samples",
+    "skipped_video_errors",
+    "skipped_timestamp_errors",
+    "skipped_data_errors",
     "cache_hits",
     "cache_misses",
     "cache_evictions",
+    # remote sources (framestream._cache.IO_FIELDS): bytes and requests, byte-cache use
+    "bytes_fetched",
+    "remote_requests",
+    "remote_retries",
+    "byte_cache_hits",
+    "byte_cache_misses",
+    "byte_cache_evictions",
+    "byte_cache_bypass",
 )
 MAX_SLOTS = 129  # worker ids 0..127 plus the main process
 

@@ -30,9 +30,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
+import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from framestream._framecode import (
     MAX_CAMERA,
@@ -44,7 +46,7 @@ from framestream._framecode import (
     state_rows,
 )
 
-__all__ = ["generate_synthetic_dataset", "camera_key", "CAMERA_FILE_FACTOR"]
+__all__ = ["CAMERA_FILE_FACTOR", "camera_key", "generate_synthetic_dataset", "task_string"]
 
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -113,8 +115,6 @@ class _Segment:
 
 def _encode_segment(job: _SegmentJob) -> _Segment:
     """Encode one episode of one camera; runs in a worker process, so it must be top level."""
-    import av  # imported here: workers need it, the parent may never encode
-
     # SVT-AV1 prints a banner per encoder unless told to log errors only.
     os.environ.setdefault("SVT_LOG", "1")
     codec_name, options = _ENCODERS[job.codec]
@@ -161,8 +161,6 @@ def _check_packets(path: str, expected: int, fps: int) -> int:
     Why: the whole dataset relies on frame k of a file being at k / fps; an encoder that
     reordered frames or dropped one would silently shift every later episode.
     """
-    import av
-
     with av.open(path) as container:
         stream = container.streams.video[0]
         ticks = Fraction(1, fps) / stream.time_base
@@ -188,8 +186,6 @@ def _concat_segments(segments: list[_Segment], path: Path, fps: int) -> None:
 
     Why remux: re-encoding would cost as much as the first encode and could change pixels.
     """
-    import av
-
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with av.open(str(path), "w", format="mp4") as out:
@@ -365,8 +361,6 @@ def _validate(
 
 def _run_jobs(jobs: list[_SegmentJob], workers: int, progress: bool) -> Iterator[_Segment]:
     """Encode segments, in a process pool when it can help; yields them as they finish."""
-    from tqdm.auto import tqdm
-
     with tqdm(total=len(jobs), desc="encoding", unit="video", disable=not progress) as bar:
         if workers <= 1 or len(jobs) <= 1:
             for job in jobs:
@@ -375,9 +369,15 @@ def _run_jobs(jobs: list[_SegmentJob], workers: int, progress: bool) -> Iterator
             return
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
             futures = [pool.submit(_encode_segment, job) for job in jobs]
-            for future in as_completed(futures):
-                yield future.result()
-                bar.update()
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+                    bar.update()
+            except BaseException:
+                # Do not encode the rest of the dataset just to throw it away.
+                for future in futures:
+                    future.cancel()
+                raise
 
 
 def generate_synthetic_dataset(
@@ -396,7 +396,7 @@ def generate_synthetic_dataset(
     action_dim: int = 6,
     num_tasks: int = 3,
     data_files_size_in_mb: float = 0.25,
-    video_files_size_in_mb: float = 4.0,
+    video_files_size_in_mb: float = 1.0,
     chunks_size: int = 1000,
     seed: int = 0,
     workers: int | None = None,
@@ -484,8 +484,6 @@ def _write_dataset(
     progress: bool,
 ) -> None:
     """Write every file of the dataset into the (empty) folder ``root``."""
-    from tqdm.auto import tqdm
-
     num_episodes = len(lengths)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     cameras = [camera_key(k) for k in range(num_cameras)]

@@ -114,7 +114,9 @@ class TableReader:
                 table = pf.read(columns=self.columns)
                 table = table.filter(pc.equal(table.column("episode_index"), episode))
         except (pa.ArrowException, OSError) as exc:
-            self._files.pop(rel, None)
+            dropped = self._files.pop(rel, None)
+            if dropped is not None:
+                dropped[0].close()  # a broken file is re-opened next time, not leaked
             raise DatasetFormatError(
                 f"{where}: episode {episode}: cannot read rows ({type(exc).__name__}: {exc})"
             ) from exc
@@ -144,7 +146,23 @@ class TableReader:
                 f"{int(cols['index'][-1])} but the episode index says {from_index}.."
                 f"{from_index + length - 1}"
             )
+        self._check_finite(cols, where, episode)
         return EpisodeData(episode=episode, length=length, from_index=from_index, columns=cols)
+
+    def _check_finite(self, cols: dict[str, Any], where: str, episode: int) -> None:
+        """NaN in a float feature is an error: a model fed NaN fails silently, far away."""
+        for name, values in cols.items():
+            if self.meta.features[name].dtype not in ("float32", "float64"):
+                continue
+            if not isinstance(values, np.ndarray) or values.dtype.kind != "f":
+                continue
+            nan = np.isnan(values)
+            if nan.any():
+                frame = int(np.nonzero(nan.reshape(len(values), -1).any(axis=1))[0][0])
+                raise DatasetFormatError(
+                    f"{where}: episode {episode}: feature {name!r} is NaN at frame {frame} "
+                    f"({int(nan.sum())} NaN values in the episode)"
+                )
 
     def close(self) -> None:
         for handle, _, _ in self._files.values():

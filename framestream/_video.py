@@ -145,23 +145,47 @@ def open_video(
 ) -> VideoFile:
     """Open ``relative`` for decoding; a missing or unreadable file raises VideoDecodeError."""
     where = source.describe(relative)
-    local = source.local_path(relative)
     try:
+        # A remote file is read from its cached copy, pinned (never evicted) while open.
+        pin = source.pin(relative)
+        local = pin.path if pin is not None else None
         src: Any = local if local is not None else source.open(relative)
     except FileNotFoundError as exc:
         raise VideoDecodeError(f"{where}: video file not found") from exc
-    if local is not None and not source.exists(relative):
+    if source.is_local and not source.exists(relative):
         raise VideoDecodeError(f"{where}: video file not found")
     try:
         if backend == "torchcodec":
-            return _TorchcodecFile(src, threads)
-        return _PyAVFile(src, threads)
+            video: VideoFile = _TorchcodecFile(src, threads)
+        else:
+            video = _PyAVFile(src, threads)
     except VideoDecodeError:
+        if pin is not None:
+            pin.release()
         raise
     except Exception as exc:  # FFmpeg errors surface as RuntimeError/ValueError/av.error.*
         if hasattr(src, "close"):
             src.close()
+        if pin is not None:
+            pin.release()
         raise VideoDecodeError(f"{where}: cannot open video ({type(exc).__name__}: {exc})") from exc
+    return _PinnedVideo(video, pin) if pin is not None and not source.is_local else video
+
+
+class _PinnedVideo:
+    """A decoder over a cached remote file; closing it unpins the file."""
+
+    def __init__(self, video: VideoFile, pin: Any) -> None:
+        self._video, self._pin = video, pin
+
+    def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
+        return self._video.frames_at(seconds)
+
+    def close(self) -> None:
+        try:
+            self._video.close()
+        finally:
+            self._pin.release()
 
 
 class DecoderCache:

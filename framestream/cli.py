@@ -15,6 +15,8 @@ from collections.abc import Sequence
 COMMANDS = {
     "stream": "framestream._stream_cli",
     "synth": "framestream._synth_cli",
+    "bench": "framestream._bench_cli",
+    "validate": "framestream._validate_cli",
 }
 
 

@@ -58,7 +58,9 @@ def _boundaries(file_ids: list[tuple[int, int]]) -> set[int]:
 
 
 def _file_ids(episodes: dict[str, list[Any]], prefix: str) -> list[tuple[int, int]]:
-    return list(zip(episodes[f"{prefix}/chunk_index"], episodes[f"{prefix}/file_index"]))
+    return list(
+        zip(episodes[f"{prefix}/chunk_index"], episodes[f"{prefix}/file_index"], strict=True)
+    )
 
 
 def test_info_json(dataset: Path) -> None:
@@ -151,7 +153,9 @@ def test_episode_index(dataset: Path) -> None:
         # File indices advance one at a time, filling chunks of chunks_size files.
         chunks_size = _info(dataset)["chunks_size"]
         flat = [chunk * chunks_size + file for chunk, file in ids]
-        assert flat[0] == 0 and all(b - a in (0, 1) for a, b in zip(flat, flat[1:]))
+        assert flat[0] == 0 and all(
+            b - a in (0, 1) for a, b in zip(flat[:-1], flat[1:], strict=True)
+        )
         for chunk, file in ids:
             path = dataset / f"videos/{key}/chunk-{chunk:03d}/file-{file:03d}.mp4"
             assert path.is_file()
@@ -209,19 +213,25 @@ def test_every_frame_of_every_camera_decodes_to_its_identity(dataset: Path) -> N
         for e, ids in enumerate(_file_ids(episodes, f"videos/{key}")):
             by_file.setdefault(ids, []).append(e)
         for (chunk, file), members in by_file.items():
-            decoder = VideoDecoder(
-                str(dataset / f"videos/{key}/chunk-{chunk:03d}/file-{file:03d}.mp4")
-            )
-            expected, seconds = [], []
+            path = dataset / f"videos/{key}/chunk-{chunk:03d}/file-{file:03d}.mp4"
+            decoder = VideoDecoder(str(path))
+            expected, seconds, indices = [], [], []
             for e in members:
                 start = episodes[f"videos/{key}/from_timestamp"][e]
                 for f in range(episodes["length"][e]):
                     expected.append((e, f, camera))
                     seconds.append(start + f / FPS)
-            batch = decoder.get_frames_played_at(seconds=seconds)
+                    indices.append(round(start * FPS) + f)
+            assert decoder.metadata.num_frames == len(seconds)
+            # from_timestamp + f / fps can land one ulp *before* the frame's pts, and "played
+            # at" then means the previous frame: nudge the query, compare with the exact time.
+            batch = decoder.get_frames_played_at(seconds=[t + 1e-6 for t in seconds])
             assert batch.data.shape == (len(seconds), 3, HEIGHT, WIDTH)
             np.testing.assert_allclose(batch.pts_seconds.numpy(), seconds, rtol=0, atol=1e-4)
             assert decode_frame_ids(batch.data) == expected
+            by_index = decoder.get_frames_at(indices=indices)
+            np.testing.assert_allclose(by_index.pts_seconds.numpy(), seconds, rtol=0, atol=1e-4)
+            assert decode_frame_ids(by_index.data) == expected
 
 
 def test_videos_have_no_reordering_and_the_requested_gop(dataset: Path) -> None:
@@ -234,7 +244,7 @@ def test_videos_have_no_reordering_and_the_requested_gop(dataset: Path) -> None:
         assert [p.pts for p in packets] == [k * ticks for k in range(len(packets))]
         assert [p.dts for p in packets] == [p.pts for p in packets]
         keys = [k for k, p in enumerate(packets) if p.is_keyframe]
-        assert keys and all(b - a <= gop for a, b in zip(keys, keys[1:]))
+        assert keys and all(b - a <= gop for a, b in zip(keys[:-1], keys[1:], strict=True))
 
 
 def test_stats_json(dataset: Path) -> None:
@@ -304,3 +314,33 @@ def test_decoded_frame_matches_encoder_input(dataset: Path) -> None:
     error = np.abs(frame.astype(int) - encode_frame(0, 3, 1, HEIGHT, WIDTH).astype(int))
     other = np.abs(frame.astype(int) - encode_frame(0, 3, 0, HEIGHT, WIDTH).astype(int))
     assert error.mean() < 12 < other.mean()
+
+
+def test_assign_files_rolls_over_and_fills_chunks() -> None:
+    from framestream._synth import _assign_files
+
+    # An item larger than the limit still gets a file of its own; chunks hold 2 files.
+    placement = _assign_files([4, 4, 3, 9, 1, 1, 1], limit=8, chunks_size=2)
+    assert placement == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1),
+                         (1, 1, 2)]  # fmt: skip
+
+
+def test_cli_writes_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from framestream._synth_cli import add_synth_parser, run_synth
+
+    parser = argparse.ArgumentParser(prog="framestream")
+    add_synth_parser(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "cli-ds"
+    args = parser.parse_args(
+        ["synth", str(out), "--episodes", "3", "--min-length", "5", "--max-length", "9",
+         "--cameras", "1", "--height", "64", "--width", "96", "--codec", "h264",
+         "--video-file-mb", "0.01", "--workers", "1"]
+    )  # fmt: skip
+    assert args.func is run_synth
+    assert run_synth(args) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "3 episodes" in printed
+    assert "observation.images.cam0:" in printed
+    assert _info(out)["features"][camera_key(0)]["info"]["video.codec"] == "h264"

@@ -1,0 +1,293 @@
+"""The streaming benchmark end to end: script, JSON, CSV, plot and ``framestream bench``.
+
+The runs are tiny (a few batches of a 6-episode dataset), so the figures themselves mean
+nothing here; what is checked is that every figure is present and that the figures agree
+with each other (delivered = samples x window x cameras, hits + misses = lookups, ...).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from framestream._bench import (
+    CSV_FIELDS,
+    BenchConfig,
+    detect_dist,
+    expected_distinct_episodes,
+    format_summary,
+    parse_delta_spec,
+    resolve_deltas,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "streaming" / "benchmark_streaming.py"
+PLOT = REPO / "benchmarks" / "streaming" / "plot_results.py"
+RUNS = [("single", 0), ("single", 1), ("sarm", 0), ("sarm", 1)]
+BATCH = 8
+TIMEOUT = 240
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    for k in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+    ):
+        env.pop(k, None)  # a single-process run, whatever launched pytest
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from framestream._synth import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("bench") / "ds"
+    generate_synthetic_dataset(
+        root,
+        num_episodes=6,
+        min_length=20,
+        max_length=40,
+        height=64,
+        width=96,
+        codec="h264",
+        data_files_size_in_mb=0.002,
+        video_files_size_in_mb=0.02,
+        workers=1,
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The 2 x 2 matrix in one invocation (one JSON line per run on stdout)."""
+    out = tmp_path_factory.mktemp("bench-out")
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--root",
+        str(tiny),
+        "--mode",
+        *sorted({m for m, _ in RUNS}, key=[m for m, _ in RUNS].index),
+        "--num-workers",
+        *sorted({str(w) for _, w in RUNS}),
+        "--batch-size",
+        str(BATCH),
+        "--max-batches",
+        "3",
+        "--warmup-batches",
+        "1",
+        "--ceiling",
+        "--ceiling-seconds",
+        "0.2",
+        "--output-dir",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert len(lines) == len(RUNS)
+    results = {}
+    for written in lines:
+        r = json.loads(Path(written["json"]).read_text())
+        results[(r["mode"], r["num_workers"])] = r
+        assert Path(written["csv"]) == out / "results.csv"
+    assert sorted(results) == sorted(RUNS)
+    return {"results": results, "csv": out / "results.csv", "out": out}
+
+
+@pytest.mark.parametrize("mode,workers", RUNS)
+def test_json_fields_present_and_consistent(runs: dict, mode: str, workers: int) -> None:
+    r = runs["results"][(mode, workers)]
+    missing = [k for k in CSV_FIELDS if k not in r]
+    assert not missing, missing
+    assert (r["mode"], r["num_workers"], r["batch_size"]) == (mode, workers, BATCH)
+    assert r["dtype"] == "uint8"
+    assert r["cameras"] == 2 and r["window_length"] == (1 if mode == "single" else 9)
+    assert r["frames_per_sample"] == r["window_length"] * r["cameras"]
+    assert r["batches"] == 3 and r["samples"] == 3 * BATCH
+    assert r["delivered_frames"] == r["samples"] * r["window_length"] * r["cameras"]
+    assert math.isclose(r["samples_per_s"], r["samples"] / r["elapsed_s"], rel_tol=1e-9)
+    assert math.isclose(
+        r["delivered_frames_per_s"], r["delivered_frames"] / r["elapsed_s"], rel_tol=1e-9
+    )
+    assert r["decoded_frames"] == r["stats_timed"]["decoded_frames"]
+    assert math.isclose(
+        r["decoded_frames_per_s"], r["decoded_frames"] / r["elapsed_s"], rel_tol=1e-9
+    )
+    basis = r["stats_timed"] if r["reuse_ratio_basis"] == "timed" else r["stats_total"]
+    assert math.isclose(
+        r["reuse_ratio"], basis["delivered_frames"] / basis["decoded_frames"], rel_tol=1e-9
+    )
+    # the dataset's own counters agree with what the consumer saw
+    assert r["stats_total"]["delivered_frames"] == (
+        r["stats_total"]["samples"] * r["frames_per_sample"]
+    )
+    assert r["stats_total"]["samples"] >= r["total_samples"] == (1 + 3) * BATCH
+    assert r["cache_hits"] + r["cache_misses"] == r["cache_lookups"] > 0
+    assert math.isclose(r["cache_hit_rate"], r["cache_hits"] / r["cache_lookups"])
+    # one process, so the node is this rank
+    assert r["world_size"] == 1 and r["nodes"] == 1
+    assert r["frames_per_s_node"] == r["delivered_frames_per_s"]
+    assert r["samples_per_s_node"] == r["samples_per_s"]
+    lat = [r[f"sample_latency_ms_p{q}"] for q in (50, 95, 99)]
+    assert 0 < lat[0] <= lat[1] <= lat[2]
+    assert math.isclose(r["batch_latency_ms_p50"], lat[0] * BATCH, rel_tol=1e-6)
+    assert r["first_batch_s"] > 0
+    assert r["peak_rss_mb_main"] > 0
+    assert len(r["peak_rss_mb_workers"]) == workers
+    assert 1 <= r["distinct_episodes_per_batch"] <= min(BATCH, 6)
+    assert 1 < r["expected_distinct_episodes"] <= min(BATCH, 6)
+    assert math.isclose(
+        r["shuffle_quality"], r["distinct_episodes_per_batch"] / r["expected_distinct_episodes"]
+    )
+    assert r["ceiling_frames_per_s"] > 0 and r["ceiling_processes"] == os.cpu_count()
+    assert math.isclose(
+        r["delivered_vs_ceiling"], r["frames_per_s_node"] / r["ceiling_frames_per_s"]
+    )
+    assert math.isclose(
+        r["decoded_vs_ceiling"], r["decoded_frames_per_s_node"] / r["ceiling_frames_per_s"]
+    )
+    assert math.isclose(
+        r["sample_frames_vs_ceiling"],
+        r["samples_per_s_node"] * r["cameras"] / r["ceiling_frames_per_s"],
+    )
+    assert (r["target"] is not None) == (mode == "single")
+    for key in ("framestream", "torch", "torchcodec", "av", "python"):
+        assert r["versions"][key], key
+    assert r["machine"]["cpu_count"] >= 1 and r["machine"]["cpu_model"]
+
+
+def test_csv_has_one_row_per_run(runs: dict) -> None:
+    with open(runs["csv"], newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        assert tuple(reader.fieldnames or ()) == CSV_FIELDS
+    assert len(rows) == len(RUNS)
+    assert [(row["mode"], int(row["num_workers"])) for row in rows] == RUNS
+    for row in rows:
+        r = runs["results"][(row["mode"], int(row["num_workers"]))]
+        for key in ("samples", "delivered_frames", "decoded_frames", "cache_lookups"):
+            assert int(row[key]) == r[key], key
+        for key in ("samples_per_s", "reuse_ratio", "ceiling_frames_per_s", "frames_per_s_node"):
+            assert math.isclose(float(row[key]), r[key], rel_tol=1e-5), key
+    assert len(list(runs["out"].glob("*.json"))) == len(RUNS)
+
+
+def test_plot_writes_png(runs: dict, tmp_path: Path) -> None:
+    png = tmp_path / "plot.png"
+    proc = subprocess.run(
+        [sys.executable, str(PLOT), str(runs["csv"]), "--out", str(png)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_framestream_bench_cli(tiny: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "framestream.cli",
+        "bench",
+        str(tiny),
+        "--mode",
+        "window",
+        "--max-batches",
+        "2",
+        "--warmup-batches",
+        "1",
+        "--batch-size",
+        str(BATCH),
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--json",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = json.loads(proc.stdout)
+    assert r["root"] == str(tiny)
+    assert (r["batches"], r["samples"]) == (2, 2 * BATCH)
+    assert r["window_length"] == 16
+    assert r["delta_frames"]["action"] == list(range(16))
+    assert r["delta_frames"]["observation.state"] == list(range(-150, 1, 10))
+    assert r["delivered_frames"] == 2 * BATCH * 16 * 2
+    table = format_summary(r)
+    assert f"{r['samples_per_s']:,.1f}" in table and "reuse ratio" in table
+
+
+# ----------------------------------------------------------------------------- pure parts
+def test_parse_delta_spec() -> None:
+    assert parse_delta_spec("-120:120:30") == [-120, -90, -60, -30, 0, 30, 60, 90, 120]
+    assert parse_delta_spec("0:3") == [0, 1, 2, 3]
+    assert parse_delta_spec("3:0") == [3, 2, 1, 0]
+    assert parse_delta_spec("0,5,-2:-1") == [0, 5, -2, -1]
+    for bad in ("", "0:5:-1", "1:2:3:4", "0:5:0"):
+        with pytest.raises(ValueError):
+            parse_delta_spec(bad)
+
+
+def test_resolve_deltas_presets_and_overrides(tmp_path: Path) -> None:
+    cams = ["observation.images.a", "observation.images.b"]
+    feats = [*cams, "observation.state", "action"]
+    mode, d = resolve_deltas(BenchConfig(mode="sarm"), camera_keys=cams, features=feats, fps=30)
+    assert mode == "sarm" and set(d) == {*cams, "observation.state"}
+    assert [round(x * 30) for x in d[cams[0]]] == list(range(-120, 121, 30))
+    mode, d = resolve_deltas(BenchConfig(mode=None), camera_keys=cams, features=feats, fps=30)
+    assert (mode, d) == ("single", {})
+    js = tmp_path / "d.json"
+    js.write_text(json.dumps({"action": [0.0, 0.1]}))
+    cfg = BenchConfig(mode=None, delta=["cameras=-2:0"], deltas_json=str(js))
+    mode, d = resolve_deltas(cfg, camera_keys=cams, features=feats, fps=10)
+    assert mode == "custom"
+    assert d == {cams[0]: [-0.2, -0.1, 0.0], cams[1]: [-0.2, -0.1, 0.0], "action": [0.0, 0.1]}
+    cfg = BenchConfig(mode="window", delta=["action=0:3"])
+    mode, d = resolve_deltas(cfg, camera_keys=cams, features=feats, fps=30)
+    assert mode == "window" and len(d[cams[1]]) == 16 and len(d["action"]) == 4
+
+
+@pytest.mark.parametrize("lengths,batch", [([1, 2, 3], 2), ([4, 1, 1, 2], 3), ([5], 2)])
+def test_expected_distinct_episodes_is_exact(lengths: list[int], batch: int) -> None:
+    frames = [e for e, n in enumerate(lengths) for _ in range(n)]
+    combos = list(itertools.combinations(frames, batch))
+    brute = sum(len(set(c)) for c in combos) / len(combos)
+    got = expected_distinct_episodes(lengths, batch)
+    assert math.isclose(got["exact"], brute, rel_tol=1e-12)
+    assert got["with_replacement"] <= got["exact"] + 1e-12
+
+
+def test_detect_dist_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "4(x2)")
+    d = detect_dist()
+    assert (d.rank, d.world_size, d.local_rank, d.local_world_size) == (5, 8, 1, 4)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    d = detect_dist()
+    assert (d.rank, d.world_size, d.local_world_size) == (2, 3, 3)
