@@ -45,7 +45,7 @@ class _CameraFrames:
         self.needed = needed  # sorted frame indices some pending sample uses
         self.counts = counts  # per episode frame: pending uses
         self.next = 0  # position in ``needed`` of the next frame to decode
-        self.store: dict[int, torch.Tensor] = {}
+        self.store: dict[int, np.ndarray] = {}  # HWC uint8 frames
 
 
 class SegmentReader:
@@ -63,7 +63,7 @@ class SegmentReader:
         counters: Counters,
         return_uint8: bool,
         image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
-        decode_chunk: int = 8,
+        decode_chunk: int = 16,
         cursor: int = 0,
         produced_pending: Sequence[int] = (),
     ) -> None:
@@ -72,7 +72,10 @@ class SegmentReader:
         self.tolerance_s, self.counters = tolerance_s, counters
         self.return_uint8, self.image_transforms = return_uint8, image_transforms
         self.decode_chunk = decode_chunk
-        self.ep: EpisodeData = tables.read(segment.episode)
+        try:
+            self.ep: EpisodeData = tables.read(segment.episode)
+        except FramestreamError as exc:  # name the dataset, like errors of sample()
+            raise type(exc)(f"dataset {meta.source.url}: episode {segment.episode}: {exc}") from exc
         self.cursor = cursor  # next frame offset (from segment.start) to produce
         pending = np.concatenate(
             [
@@ -118,8 +121,9 @@ class SegmentReader:
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
         )
+        arr = frames.numpy()
         for i, f in enumerate(todo.tolist()):
-            cam.store[f] = frames[i]
+            cam.store[f] = arr[i]
         cam.next = stop
         self.counters.decoded_frames += len(todo)
 
@@ -128,7 +132,9 @@ class SegmentReader:
             return image_frames(self.ep, key, idx)
         self._ensure(key, int(idx.max()))
         store = self.cameras[key].store
-        return torch.stack([store[int(i)] for i in idx])
+        # numpy's single-threaded copy: torch.stack goes through intra-op threads, which cost
+        # milliseconds per frame on a busy machine with more processes than cores.
+        return torch.from_numpy(np.stack([store[int(i)] for i in idx]))
 
     def _release(self, frame: int) -> None:
         for key, cam in self.cameras.items():

@@ -105,8 +105,13 @@ def _to_tensor(value: Any, dtype: str) -> Any:
 
 
 def image_to_output(frames: torch.Tensor, *, return_uint8: bool) -> torch.Tensor:
-    """uint8 frames to the output dtype: float32 in [0, 1] unless ``return_uint8``."""
-    return frames if return_uint8 else frames.to(torch.float32).div_(255.0)
+    """uint8 NHWC frames to (N, C, H, W): float32 in [0, 1] unless ``return_uint8``.
+
+    The channel move is a view (channels-last strides), not a copy: the transposing copy, if
+    any, happens once in the DataLoader's collate or on the accelerator.
+    """
+    chw = frames.permute(0, 3, 1, 2)
+    return chw if return_uint8 else chw.to(torch.float32).div_(255.0)
 
 
 def build_sample(
@@ -121,7 +126,7 @@ def build_sample(
 ) -> dict[str, Any]:
     """The sample of ``frame`` of ``ep``.
 
-    ``camera_frames(key, episode_frame_indices)`` returns the uint8 ``(T, C, H, W)`` frames of
+    ``camera_frames(key, episode_frame_indices)`` returns the uint8 ``(T, H, W, C)`` frames of
     a camera at those (already clamped) indices.
     """
     out: dict[str, Any] = {}

@@ -171,7 +171,7 @@ class TableReader:
 
 
 def image_frames(ep: EpisodeData, key: str, indices: np.ndarray) -> Any:
-    """Decode ``image`` features (PNG/JPEG bytes stored in the parquet) to uint8 NCHW."""
+    """Decode ``image`` features (PNG/JPEG bytes stored in the parquet) to uint8 NHWC."""
     import io
 
     import torch
@@ -187,4 +187,4 @@ def image_frames(ep: EpisodeData, key: str, indices: np.ndarray) -> Any:
             )
         with Image.open(io.BytesIO(raw)) as im:
             out.append(np.asarray(im.convert("RGB")))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.stack(out))

@@ -675,7 +675,7 @@ class _Validator:
                 camera=key,
             )
             return 0
-        h, w = int(frames.shape[-2]), int(frames.shape[-1])
+        h, w = int(frames.shape[1]), int(frames.shape[2])  # decoders return NHWC
         if len(shape) == 3 and (h, w) != (shape[0], shape[1]) and key not in shape_reported:
             shape_reported.add(key)
             if not any(p.camera == key for p in self.report.find("shape")):

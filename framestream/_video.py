@@ -51,7 +51,11 @@ class VideoFile(Protocol):
     """An open video whose frames are fetched by presentation time."""
 
     def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
-        """Frames displayed at ``seconds`` (ascending) as uint8 NCHW, and their pts in seconds."""
+        """Frames shown at ``seconds`` (ascending) as uint8 NHWC, and their pts in seconds.
+
+        NHWC is what decoders produce; channels are moved to the front only as a view when a
+        sample is assembled, so no per-frame transposing copy is made here.
+        """
         ...
 
     def close(self) -> None: ...
@@ -61,7 +65,9 @@ class _TorchcodecFile:
     def __init__(self, src: Any, threads: int) -> None:
         from torchcodec.decoders import VideoDecoder
 
-        self._dec = VideoDecoder(src, num_ffmpeg_threads=threads, seek_mode="exact")
+        self._dec = VideoDecoder(
+            src, num_ffmpeg_threads=threads, seek_mode="exact", dimension_order="NHWC"
+        )
         self._src = src
 
     def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
@@ -130,7 +136,7 @@ class _PyAVFile:
             p, frame = self._frame_at(float(t))
             out.append(frame.to_ndarray(format="rgb24"))
             pts.append(p)
-        data = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+        data = torch.from_numpy(np.stack(out))
         return data, np.asarray(pts, dtype=np.float64)
 
     def close(self) -> None:
