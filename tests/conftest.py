@@ -19,8 +19,7 @@ SMALL = dict(
     max_length=40,
     height=64,
     width=96,
-    data_files_size_in_mb=0.002,
-    video_files_size_in_mb=0.02,
+    data_files_size_in_mb=0.007,
     seed=1,
 )
 
@@ -29,7 +28,7 @@ SMALL = dict(
 def small_root(tmp_path_factory) -> Path:
     """6 episodes, 2 cameras, H.264 GOP 2, several data and video files per camera."""
     return generate_synthetic_dataset(
-        tmp_path_factory.mktemp("small") / "ds", codec="h264", **SMALL
+        tmp_path_factory.mktemp("small") / "ds", codec="h264", video_files_size_in_mb=0.03, **SMALL
     )
 
 
@@ -37,7 +36,10 @@ def small_root(tmp_path_factory) -> Path:
 def small_av1_root(tmp_path_factory) -> Path:
     """The same layout encoded with AV1 (libsvtav1), as LeRobot's recorder writes."""
     return generate_synthetic_dataset(
-        tmp_path_factory.mktemp("small_av1") / "ds", codec="av1", **SMALL
+        tmp_path_factory.mktemp("small_av1") / "ds",
+        codec="av1",
+        video_files_size_in_mb=0.025,
+        **SMALL,
     )
 
 

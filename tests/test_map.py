@@ -20,6 +20,7 @@ def test_every_frame_is_the_right_one(request, which, backend):
     files = {k: tuple(v.file) for k, v in meta.episodes.videos.items()}
     assert all(len(set(f)) > 1 for f in files.values())
     assert len(set(files.values())) > 1 and len(set(meta.episodes.data_file)) > 1
+    assert all(f != tuple(meta.episodes.data_file) for f in files.values())
     ds = MapDataset(str(root), return_uint8=True, video_backend=backend)
     assert len(ds) == meta.total_frames
     for i in range(len(ds)):
