@@ -123,7 +123,7 @@ class SegmentReader:
         )
         arr = frames.numpy()
         for i, f in enumerate(todo.tolist()):
-            cam.store[f] = arr[i]
+            cam.store[f] = arr[i].copy()  # own memory: a chunk is freed frame by frame
         cam.next = stop
         self.counters.decoded_frames += len(todo)
 
