@@ -54,6 +54,7 @@ CSV_FIELDS = (
     "buffer_size",
     "active_shards",
     "seed",
+    "torch_threads",
     "rank",
     "world_size",
     "local_world_size",
@@ -70,6 +71,8 @@ CSV_FIELDS = (
     "decoded_frames",
     "decoded_frames_per_s",
     "reuse_ratio",
+    "reuse_ratio_total",
+    "warmup_batches",
     "samples_per_s_node",
     "frames_per_s_node",
     "decoded_frames_per_s_node",
@@ -89,6 +92,10 @@ CSV_FIELDS = (
     "cache_evictions",
     "cache_lookups",
     "cache_hit_rate",
+    "bytes_fetched",
+    "remote_requests",
+    "byte_cache_hits",
+    "byte_cache_misses",
     "distinct_episodes_per_batch",
     "expected_distinct_episodes",
     "shuffle_quality",
@@ -127,7 +134,7 @@ class BenchConfig:
     batch_size: int = 32
     max_batches: int | None = 100
     seconds: float | None = None
-    warmup_batches: int = 5
+    warmup_batches: int | None = None  # None: enough to fill every worker's reservoir
     epochs: int = 1
     buffer_size: int = 1000
     active_shards: int = 8
@@ -136,6 +143,7 @@ class BenchConfig:
     prefetch_factor: int | None = None
     video_backend: str | None = None
     decoder_threads: int = 1
+    torch_threads: int | None = None
     loader_timeout: float = 600.0
     output_dir: str | None = None
     csv: str | None = None
@@ -144,6 +152,9 @@ class BenchConfig:
     ceiling_processes: int | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     source: str = "local"
+    revision: str | None = None
+    cache_dir: str | None = None
+    cache_max_bytes: int | None = None
 
     @classmethod
     def matrix_from_args(cls, args: argparse.Namespace) -> list[BenchConfig]:
@@ -209,7 +220,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "at the end of --epochs)",
     )
     p.add_argument("--seconds", type=float, default=None, help="stop the timed phase after this")
-    p.add_argument("--warmup-batches", type=int, default=5, help="batches not timed")
+    p.add_argument(
+        "--warmup-batches",
+        type=int,
+        default=None,
+        help="batches consumed before timing starts; default: enough for every worker's "
+        "shuffle reservoir to reach --buffer-size (buffer_size x workers / batch_size), so "
+        "the timed phase is steady state",
+    )
     p.add_argument("--epochs", type=int, default=1, help="epochs at most (set_epoch between)")
     p.add_argument("--buffer-size", type=int, default=1000)
     p.add_argument("--active-shards", type=int, default=8)
@@ -220,6 +238,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--prefetch-factor", type=int, default=None)
     p.add_argument("--video-backend", choices=("torchcodec", "pyav"), default=None)
     p.add_argument("--decoder-threads", type=int, default=1)
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads in the main process (DataLoader workers always use 1); "
+        "default: torch's own choice. On a shared machine 1 avoids OpenMP spinning when "
+        "--num-workers 0 (see README)",
+    )
     p.add_argument(
         "--loader-timeout",
         type=float,
@@ -234,11 +260,30 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="also measure this machine's sequential torchcodec decode rate of the same files",
     )
     p.add_argument("--ceiling-seconds", type=float, default=10.0)
-    p.add_argument("--ceiling-processes", type=int, default=None, help="default: os.cpu_count()")
+    p.add_argument(
+        "--ceiling-processes",
+        type=int,
+        default=None,
+        help="default: one per CPU usable on the node (os.cpu_count() unless a cpuset "
+        "restricts the job)",
+    )
     p.add_argument(
         "--storage-options",
         default="{}",
         help="JSON of fsspec storage options for a remote root",
+    )
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit) of an hf:// root")
+    p.add_argument(
+        "--cache-dir",
+        help="byte cache folder for a remote root (default: framestream's; see README on "
+        "prewarming); a fresh folder measures a cold first epoch",
+    )
+    p.add_argument(
+        "--cache-max-bytes",
+        type=parse_size,
+        default=None,
+        help="byte cache limit for a remote root, e.g. 50G; 0 reads remote files directly "
+        "(no cache)",
     )
     p.add_argument(
         "--source",
@@ -248,6 +293,18 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "default the synthetic dataset) from a loopback S3/HTTP server and read it from there",
     )
     return p
+
+
+def parse_size(text: str) -> int:
+    """``'500M'``, ``'20G'``, ``'1.5T'`` or a byte count."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 20G)") from None
 
 
 # ----------------------------------------------------------------------------- windows
@@ -318,6 +375,19 @@ def resolve_deltas(
 
 
 # ----------------------------------------------------------------------------- figures
+def effective_warmup(cfg: BenchConfig) -> int:
+    """Warm-up batches: as given, else until each worker's reservoir is full.
+
+    The reservoir grows by one reference per emitted sample up to ``buffer_size`` (per
+    worker), and while it grows readers decode ahead faster than samples leave, so timing
+    before that point mixes a transient into the steady-state figures.
+    """
+    if cfg.warmup_batches is not None:
+        return max(0, int(cfg.warmup_batches))
+    samples = cfg.buffer_size * max(1, cfg.num_workers)
+    return max(1, math.ceil(samples / max(1, cfg.batch_size)))
+
+
 def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> list[float | None]:
     if not len(values):
         return [None for _ in qs]
@@ -378,6 +448,14 @@ class RssTracker:
     def __init__(self) -> None:
         self.main_pid = os.getpid()
         self.peaks: dict[int, float] = {}
+        # Several runs share the main process (a mode x workers matrix): reset its peak so
+        # each run reports its own (Linux >= 4.0; else the peak since the process started).
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.main_reset = True
+        except OSError:
+            self.main_reset = False
         try:
             import psutil
 
@@ -408,9 +486,9 @@ class RssTracker:
         import resource
 
         main = self.peaks.get(self.main_pid, 0.0)
-        ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        ru_mb = ru / 2**20 if sys.platform == "darwin" else ru / 1024.0
-        main = max(main, ru_mb)
+        if not self.main_reset or not main:
+            ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            main = max(main, ru / 2**20 if sys.platform == "darwin" else ru / 1024.0)
         workers = [round(v, 1) for p, v in sorted(self.peaks.items()) if p != self.main_pid]
         return {
             "peak_rss_mb_main": round(main, 1),
@@ -559,6 +637,34 @@ def load_serve() -> Callable[[str, str], Any]:
 
 
 # ----------------------------------------------------------------------------- ceiling
+def _widen_affinity() -> int | None:
+    """Allow this process on every CPU the node lets it use; returns how many that is.
+
+    A rank launched by srun/torchrun is often bound to its own cores, and processes inherit
+    that binding; the ceiling is a per-node figure, so its decoders must be free to use the
+    whole node (the kernel still confines them to the job's cpuset).
+    """
+    try:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def node_cpus() -> int:
+    """CPUs usable on this node by this job (not just by this rank), without side effects."""
+    try:
+        mine = os.sched_getaffinity(0)
+    except AttributeError:
+        return os.cpu_count() or 1
+    wide = _widen_affinity()
+    try:
+        os.sched_setaffinity(0, mine)
+    except OSError:
+        pass
+    return wide or len(mine) or os.cpu_count() or 1
+
+
 def _ceiling_worker(
     index: int, paths: list[str], seconds: float, chunk: int, barrier: Any, out: Any
 ) -> None:
@@ -568,6 +674,7 @@ def _ceiling_worker(
         from torchcodec.decoders import VideoDecoder
 
         torch.set_num_threads(1)
+        _widen_affinity()
         VideoDecoder(paths[index % len(paths)], num_ffmpeg_threads=1).get_frames_in_range(0, 1)
         barrier.wait(timeout=300)
         frames = files = 0
@@ -596,7 +703,8 @@ def measure_ceiling(
 ) -> dict[str, Any]:
     """Sequential torchcodec decode rate of ``paths`` on this machine, all cores busy.
 
-    ``processes`` (default ``os.cpu_count()``) spawned processes each hold one single-threaded
+    ``processes`` (default: the CPUs usable on this node, :func:`node_cpus`, which is
+    ``os.cpu_count()`` unless a cpuset restricts the job) processes each hold one single-threaded
     decoder and decode whole files front to back (starting at different files, cycling), for
     ``seconds`` after a common start barrier. The ceiling is the sum of their frames/s.
     """
@@ -605,7 +713,7 @@ def measure_ceiling(
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("no video files to measure a ceiling on")
-    n = int(processes or os.cpu_count() or 1)
+    n = int(processes or node_cpus())
     # fork where it exists: the children inherit the imported decoder (no re-import per
     # process); they never touch the parent's thread pools, they only decode.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -730,12 +838,15 @@ def run_benchmarks(
         return []
     first = cfgs[0]
     for c in cfgs[1:]:
-        if (c.root, c.source, c.storage_options) != (
+        mine = (c.root, c.source, c.storage_options, c.revision, c.cache_dir)
+        if mine != (
             first.root,
             first.source,
             first.storage_options,
+            first.revision,
+            first.cache_dir,
         ):
-            raise ValueError("runs of one invocation must share root, source and storage options")
+            raise ValueError("runs of one invocation must share the dataset and how it is read")
     say = log or (lambda _msg: None)
     info = init_dist(detect_dist())
     server = None
@@ -806,8 +917,18 @@ def _run_one(
     )
     notes: list[str] = []
     load_start = _load_avg()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     t_setup = time.perf_counter()
-    meta = DatasetMeta(Source(str(root), storage))
+    meta = DatasetMeta(
+        Source(
+            str(root),
+            storage,
+            revision=cfg.revision,
+            cache_dir=cfg.cache_dir,
+            cache_max_bytes=cfg.cache_max_bytes,
+        )
+    )
     features = list(meta.features)
     mode, deltas = resolve_deltas(
         cfg, camera_keys=meta.camera_keys, features=features, fps=meta.fps
@@ -857,12 +978,16 @@ def _run_one(
     t_start = t_prev = t_end = 0.0
     last_rss = 0.0
     done = False
-    say(f"streaming: mode={mode} workers={cfg.num_workers} batch={cfg.batch_size}")
+    warmup = effective_warmup(cfg)
+    say(
+        f"streaming: mode={mode} workers={cfg.num_workers} batch={cfg.batch_size} "
+        f"warm-up={warmup} batches"
+    )
     it: Any = None
     for epoch in range(cfg.epochs):
         ds.set_epoch(epoch)
         t_iter = time.perf_counter()
-        if epoch == 0 and cfg.warmup_batches == 0:
+        if epoch == 0 and warmup == 0:
             stats0, t_start, t_prev = ds.stats(), t_iter, t_iter
         it = iter(loader)
         for batch in it:
@@ -874,7 +999,7 @@ def _run_one(
             total_batches += 1
             consumed += n
             if stats0 is None:
-                if total_batches >= cfg.warmup_batches:
+                if total_batches >= warmup:
                     stats0, t_start, t_prev = ds.stats(), now, now
             else:
                 intervals.append(now - t_prev)
@@ -970,6 +1095,7 @@ def _run_one(
         "buffer_size": cfg.buffer_size,
         "active_shards": cfg.active_shards,
         "seed": cfg.seed,
+        "torch_threads": torch.get_num_threads(),
         "rank": info.rank,
         "world_size": info.world_size,
         "local_rank": info.local_rank,
@@ -981,7 +1107,7 @@ def _run_one(
         "window_lengths": per_camera,
         "frames_per_sample": frames_per_sample,
         "delta_frames": {k: [int(x) for x in v] for k, v in offsets.items()},
-        "warmup_batches": cfg.warmup_batches,
+        "warmup_batches": warmup,
         "batches": timed_batches,
         "samples": timed_samples,
         "total_batches": total_batches,
@@ -995,6 +1121,7 @@ def _run_one(
         "decoded_frames_per_s": decoded_fps,
         "reuse_ratio": reuse,
         "reuse_ratio_basis": reuse_basis,
+        "reuse_ratio_total": stats1["reuse_ratio"],
         "samples_per_s_node": node["samples_per_s_node"],
         "frames_per_s_node": node["frames_per_s_node"],
         "decoded_frames_per_s_node": node["decoded_frames_per_s_node"],
@@ -1012,6 +1139,10 @@ def _run_one(
         "cache_evictions": stats1["cache_evictions"],
         "cache_lookups": stats1["cache_lookups"],
         "cache_hit_rate": stats1["cache_hit_rate"],
+        **{
+            k: stats1.get(k)
+            for k in ("bytes_fetched", "remote_requests", "byte_cache_hits", "byte_cache_misses")
+        },
         "distinct_episodes_per_batch": mean_distinct,
         "expected_distinct_episodes": shuffle_ref["exact"],
         "expected_distinct_episodes_with_replacement": shuffle_ref["with_replacement"],
@@ -1058,7 +1189,7 @@ def _ceiling_for_node(
         with tempfile.TemporaryDirectory(prefix="framestream-ceiling-") as tmp:
             paths = _ceiling_paths(meta, episodes, local_root, tmp)
             say(
-                f"ceiling: {len(paths)} files, {cfg.ceiling_processes or os.cpu_count()} "
+                f"ceiling: {len(paths)} files, {cfg.ceiling_processes or node_cpus()} "
                 f"processes, {cfg.ceiling_seconds:g} s"
             )
             result = measure_ceiling(
@@ -1141,11 +1272,19 @@ def format_summary(r: Mapping[str, Any]) -> str:
         ("dataset", r["root"]),
         ("workers / batch", f"{r['num_workers']} / {r['batch_size']} ({r['dtype']})"),
         ("ranks", f"rank {r['rank']} of {r['world_size']} ({r['nodes']} node(s))"),
-        ("timed", f"{r['batches']} batches, {r['samples']} samples in {r['elapsed_s']:.2f} s"),
+        (
+            "timed",
+            f"{r['batches']} batches, {r['samples']} samples in {r['elapsed_s']:.2f} s "
+            f"(after {r['warmup_batches']} warm-up batches)",
+        ),
         ("samples/s", _fmt(r["samples_per_s"])),
         ("delivered frames/s", _fmt(r["delivered_frames_per_s"])),
         ("decoded frames/s", _fmt(r["decoded_frames_per_s"])),
-        ("reuse ratio", _fmt(r["reuse_ratio"], "x", 2)),
+        (
+            "reuse ratio",
+            f"{_fmt(r['reuse_ratio'], 'x', 2)} timed, "
+            f"{_fmt(r['reuse_ratio_total'], 'x', 2)} whole run",
+        ),
         ("frames/s/node", _fmt(r["frames_per_s_node"])),
         (
             "sample latency p50/95/99",

@@ -35,7 +35,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from framestream._bench import BenchConfig, format_summary, run_benchmarks, write_outputs
+    from framestream._bench import (
+        BenchConfig,
+        effective_warmup,
+        format_summary,
+        run_benchmarks,
+        write_outputs,
+    )
 
     if args.root_pos and args.root and args.root_pos != args.root:
         print("framestream bench: give ROOT or --root, not both", file=sys.stderr)
@@ -45,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     bars: list[Any] = []
 
     def progress(cfg: BenchConfig) -> Any:
-        total = cfg.warmup_batches + cfg.max_batches if cfg.max_batches else None
+        total = effective_warmup(cfg) + cfg.max_batches if cfg.max_batches else None
         bar = tqdm(
             total=total,
             desc=f"{cfg.label or cfg.mode or 'single'} w{cfg.num_workers}",

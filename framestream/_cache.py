@@ -172,8 +172,13 @@ class ByteCache:
         except (OSError, ValueError):
             return None
 
-    def _valid(self, key: str, suffix: str, info: RemoteInfo | None) -> Path | None:
-        """The entry's path if it is whole and (when ``info`` is known) the current version."""
+    def _valid(
+        self, key: str, suffix: str, remote_info: Callable[[bool], RemoteInfo | None] | None
+    ) -> Path | None:
+        """The entry's path if it is whole and (when the remote says) the current version.
+
+        The remote is asked only about an entry that exists (a missing one needs a fetch).
+        """
         path = self.data_path(key, suffix)
         meta = self._read_meta(key)
         try:
@@ -182,6 +187,7 @@ class ByteCache:
             return None
         if meta is None or meta.get("size") != size:
             return None
+        info = remote_info(False) if remote_info is not None else None
         if info is not None and (
             info.size != size or (info.etag is not None and meta.get("etag") != info.etag)
         ):
@@ -211,12 +217,12 @@ class ByteCache:
             fd = self._lock_fd(key)
             try:
                 _flock(fd, fcntl.LOCK_SH, deadline, describe)
-                path = self._valid(key, suffix, remote_info(False))
+                path = self._valid(key, suffix, remote_info)
                 if path is None:
                     # Exclusive to fetch; others wanting this file wait on their shared lock.
                     fcntl.flock(fd, fcntl.LOCK_UN)
                     _flock(fd, fcntl.LOCK_EX, deadline, describe)
-                    path = self._valid(key, suffix, remote_info(False))
+                    path = self._valid(key, suffix, remote_info)
                     if path is None:
                         self._fetch_locked(key, suffix, remote_info(True), fetch, describe)
                         self.counters.add("byte_cache_misses")
@@ -230,8 +236,9 @@ class ByteCache:
                         continue
                 else:
                     self.counters.add("byte_cache_hits")
+                now = time.time_ns()  # finer than file-system timestamps: a strict LRU order
                 with contextlib.suppress(OSError):
-                    os.utime(path)  # the LRU clock
+                    os.utime(path, ns=(now, now))
                 return CachedFile(str(path), path.stat().st_size, fd)
             except BaseException:
                 os.close(fd)

@@ -64,9 +64,13 @@ class RemoteOptions:
         block_size: bytes per range request when a file is fetched into the cache.
         concurrency: range requests in flight per file being fetched.
         read_buffer_size: read size when a file is read in place (no cache).
+        metadata_in_place_bytes: ``meta/episodes`` parquet files at least this large are
+            read in place, column-selectively, instead of being fetched whole into the cache
+            (pyarrow reads a 64 KiB footer first: below a few MiB there is little to save).
         revalidate: check a cached copy's size/ETag against the remote once per process
             (a cached copy is still used when the remote cannot be reached).
-        lock_timeout_s: the longest a worker waits for another one's download of a file.
+        lock_timeout_s: the longest a worker waits for another one's download of a file (a
+            last resort: a download itself ends within its timeouts and retries).
     """
 
     connect_timeout_s: float = 10.0
@@ -77,8 +81,9 @@ class RemoteOptions:
     block_size: int = 8 * 2**20
     concurrency: int = 4
     read_buffer_size: int = 2**20
+    metadata_in_place_bytes: int = 4 * 2**20
     revalidate: bool = True
-    lock_timeout_s: float = 600.0
+    lock_timeout_s: float = 1800.0
 
 
 class RemoteChangedError(SourceError):
@@ -358,6 +363,8 @@ class Source:
         path = self.path(relative)
 
         def stat() -> dict[str, Any]:
+            if self.protocol in ("http", "https"):
+                return self._http_head(path)
             try:
                 self.fs.invalidate_cache(path)
             except Exception:  # noqa: S110 - a filesystem without a listings cache
@@ -370,6 +377,34 @@ class Source:
         if info.get("size") is None:
             raise SourceError(f"{self.describe(relative)}: the server gives no size")
         return RemoteInfo(int(info["size"]), _etag_of(info))
+
+    def _http_head(self, url: str) -> dict[str, Any]:
+        """One HEAD request. fsspec's ``info`` falls back to a GET of the whole file when
+        HEAD fails (for a video, the whole video), and reports any failure as not found."""
+        from fsspec.asyn import sync
+
+        fs = self.fs
+
+        async def head() -> dict[str, Any]:
+            session = await fs.set_session()
+            headers = {"Accept-Encoding": "identity"}
+            async with session.head(url, allow_redirects=True, headers=headers) as r:
+                if r.status == 404:
+                    raise FileNotFoundError(url)
+                if r.status == 405:  # HEAD not allowed: let fsspec find the size its way
+                    return {}
+                r.raise_for_status()
+                out: dict[str, Any] = {"etag": r.headers.get("ETag")}
+                if "Content-Length" in r.headers and r.headers.get("Content-Encoding") in (
+                    None,
+                    "",
+                    "identity",
+                ):
+                    out["size"] = int(r.headers["Content-Length"])
+                return out
+
+        info = sync(fs.loop, head)
+        return info if info.get("size") is not None else fs.info(url)
 
     def _remote_info(self, relative: str, required: bool = True) -> RemoteInfo | None:
         """The remote size/ETag, asked once per process (``required=False``: None if unknown)."""
@@ -517,6 +552,9 @@ class Source:
                 raise FileNotFoundError(f"{self.describe(relative)}: file not found") from exc
             except OSError as exc:
                 raise SourceError(f"{self.describe(relative)}: cannot open ({exc})") from exc
+        if self._read_in_place(relative):
+            # Unbuffered: pyarrow asks for the footer and each needed column chunk exactly.
+            return _RemoteRaw(self, relative, self._remote_info(relative).size)  # type: ignore[union-attr]
         pin = self.pin(relative)
         if pin is not None:
             return _PinnedReader(pin)
@@ -524,6 +562,14 @@ class Source:
         assert info is not None
         raw = _RemoteRaw(self, relative, info.size)
         return io.BufferedReader(raw, buffer_size=max(1, self.remote.read_buffer_size))
+
+    def _read_in_place(self, relative: str) -> bool:
+        """Large episode index files are read once per run, a few columns of hundreds
+        (``stats/*``): range reads of those columns beat copying the whole file."""
+        if not (relative.startswith("meta/episodes/") and relative.endswith(".parquet")):
+            return False
+        info = self._remote_info(relative)
+        return info is not None and info.size >= self.remote.metadata_in_place_bytes
 
     def local_path(self, relative: str) -> str | None:
         """A path a native library can open directly, or None for files read remotely.

@@ -20,6 +20,7 @@ import torch
 from framestream._cache import StreamIO
 from framestream._errors import (
     FramestreamError,
+    SourceError,
     StateDictError,
     TimestampToleranceError,
     VideoDecodeError,
@@ -644,8 +645,9 @@ class _Stream:
             try:
                 reader = self._reader(rid, frame)
                 sample = reader.sample(frame)
+                # A network outage is not a bad episode: never skip past it.
             except FramestreamError as exc:
-                if self.ds.on_error == "raise":
+                if self.ds.on_error == "raise" or isinstance(exc, SourceError):
                     raise
                 self._drop(rid, exc)
                 continue

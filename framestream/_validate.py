@@ -167,6 +167,8 @@ def _episodes_text(episodes: Iterable[int], limit: int = 8) -> str:
 
 
 class _Validator:
+    """One pass over a dataset; each ``check_*`` adds its problems to ``report``."""
+
     def __init__(
         self, source: Source, *, decode: bool, progress: bool, tolerance_s: float, backend: Any
     ) -> None:
@@ -199,6 +201,25 @@ class _Validator:
         except (FramestreamError, OSError, ValueError, KeyError, TypeError) as exc:
             self.add("error", "metadata", f"cannot load the dataset's metadata: {exc}")
             return self.report
+        if self._guard("metadata", self._summarize) is None:
+            return self.report
+        present = self._guard("missing_file", self.check_files) or set()
+        steps = [
+            ("totals", self.check_totals),
+            ("episode_index", self.check_episode_index),
+            ("task", self.check_tasks),
+            ("data", lambda: self.check_data(present)),
+            ("video_range", self.check_video_ranges),
+            ("video_file", lambda: self.check_videos(present)),
+        ]
+        if self.decode:
+            steps.append(("decode", lambda: self.check_decode(present)))
+        for check, step in steps:
+            self._guard(check, step)
+        return self.report
+
+    def _summarize(self) -> bool:
+        """The headline numbers; fails (reported) when the path templates do not format."""
         meta = self.meta
         self.report.summary = {
             "codebase_version": meta.info.get("codebase_version"),
@@ -213,16 +234,17 @@ class _Validator:
             "decoded_frames": 0,
             "decode": self.decode,
         }
-        self.check_totals()
-        self.check_episode_index()
-        self.check_tasks()
-        present = self.check_files()
-        self.check_data(present)
-        self.check_video_ranges()
-        self.check_videos(present)
-        if self.decode:
-            self.check_decode(present)
-        return self.report
+        return True
+
+    def _guard(self, check: str, step: Any) -> Any:
+        """Run one check; a dataset odd enough to crash it is reported, not raised."""
+        try:
+            return step()
+        except Exception as exc:
+            self.add(
+                "error", check, f"the {check!r} check could not run: {type(exc).__name__}: {exc}"
+            )
+            return None
 
     def _eps(self) -> list[int]:
         return [int(e) for e in self.meta.episodes.episode_index]
@@ -505,11 +527,18 @@ class _Validator:
                         file=meta.video_file(e, key),
                     )
 
-    def _open_av(self, rel: str) -> Any:
+    def _open_av(self, rel: str) -> tuple[Any, Any]:
+        """A PyAV container, and the file object under it to close too (remote sources)."""
         import av
 
         local = self.source.local_path(rel)
-        return av.open(local if local is not None else self.source.open(rel))
+        handle = None if local is not None else self.source.open(rel)
+        try:
+            return av.open(local if handle is None else handle), handle
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            raise
 
     def check_videos(self, present: set[str]) -> None:
         meta = self.meta
@@ -528,7 +557,7 @@ class _Validator:
     ) -> None:
         meta, where = self.meta, self.where(rel)
         try:
-            container = self._open_av(rel)
+            container, handle = self._open_av(rel)
         except Exception as exc:  # av.error.*: truncated, not a video, unknown container
             self.bad_video_files.add((key, rel))
             self.add(
@@ -567,6 +596,8 @@ class _Validator:
             return
         finally:
             container.close()
+            if handle is not None:
+                handle.close()
         if declared and _codec_family(declared) != _codec_family(actual):
             self.add(
                 "warning",

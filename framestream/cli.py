@@ -17,6 +17,7 @@ COMMANDS = {
     "synth": "framestream._synth_cli",
     "bench": "framestream._bench_cli",
     "validate": "framestream._validate_cli",
+    "prewarm": "framestream._prewarm_cli",
 }
 
 

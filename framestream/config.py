@@ -31,7 +31,7 @@ from typing import Any
 
 from framestream._map import MapDataset
 from framestream._meta import DatasetMeta
-from framestream._source import Source
+from framestream._source import Source, resolve_url
 from framestream._streaming import StreamingLeRobotDataset
 
 __all__ = ["OVERRIDE_PREFIX", "DatasetConfig", "make_dataset"]
@@ -48,13 +48,18 @@ class DatasetConfig:
         root: a local folder or an fsspec URL (``s3://``, ``http(s)://``, ``hf://``...).
         repo_id: a Hugging Face Hub dataset (``user/name``), used when ``root`` is unset; read
             as ``hf://datasets/<repo_id>[@<revision>]``.
-        revision: the Hub revision (branch, tag or commit) for ``repo_id``.
+        revision: the Hub revision (branch, tag or commit) of a Hub dataset (``repo_id`` or an
+            ``hf://datasets/...`` root).
         episodes: the episodes to read (default: all), in this order.
         delta_timestamps: ``{key: [seconds, ...]}`` windows (each a multiple of 1/fps).
         tolerance_s: the largest allowed gap between a queried and a decoded timestamp.
         return_uint8: cameras as uint8 (4x less to move; convert on the GPU).
         video_backend: ``"torchcodec"``, ``"pyav"`` or None (torchcodec when it loads).
-        storage_options: passed to fsspec (credentials, endpoint, cache options).
+        storage_options: passed to fsspec (credentials, endpoint...).
+        cache_dir, cache_max_bytes: the local byte cache remote files are read through
+            (default ``<framestream cache>/bytes``, 20 GiB); ``cache_max_bytes=0`` disables it.
+        remote_options: timeouts, retries, fetch sizes (``framestream._source.RemoteOptions``
+            fields).
         streaming: build the streaming dataset (True) or the map-style one (False).
         shuffle: streaming only: mix samples through the reservoir; False gives episodes and
             frames in order.
@@ -65,6 +70,10 @@ class DatasetConfig:
         video_decoder_cache_size: open decoders per worker; None means
             ``(streaming_active_shards + 1) x cameras``.
         decoder_threads: FFmpeg threads per decoder (1 suits one worker per core).
+        streaming_prefetch: segments beyond the open ones whose files each worker fetches
+            ahead from a remote source (0 disables prefetch).
+        on_error: ``"raise"`` stops at a broken episode; ``"skip"`` drops it and counts it in
+            ``stats()``.
         even_ranks: every rank (and worker) gets the same number of samples, padding with
             repeats flagged ``is_repeat``, so DDP ranks run the same number of steps.
         rank, world_size: None resolves them from Accelerate, torch.distributed, then
@@ -80,6 +89,9 @@ class DatasetConfig:
     return_uint8: bool = False
     video_backend: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None
+    cache_max_bytes: int | None = None
+    remote_options: dict[str, Any] = field(default_factory=dict)
     streaming: bool = True
     shuffle: bool = True
     seed: int = 0
@@ -88,6 +100,8 @@ class DatasetConfig:
     streaming_shuffle_warmup: int = 64
     video_decoder_cache_size: int | None = None
     decoder_threads: int = 1
+    streaming_prefetch: int = 2
+    on_error: str = "raise"
     even_ranks: bool = False
     rank: int | None = None
     world_size: int | None = None
@@ -101,6 +115,8 @@ class DatasetConfig:
             "streaming_shuffle_warmup": 1,
             "video_decoder_cache_size": 1,
             "decoder_threads": 0,
+            "streaming_prefetch": 0,
+            "cache_max_bytes": 0,
         }
         for name, low in minimum.items():
             value = getattr(self, name)
@@ -110,6 +126,12 @@ class DatasetConfig:
             raise ValueError(
                 f"DatasetConfig.tolerance_s must be a positive number, got {self.tolerance_s}"
             )
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(
+                f"DatasetConfig.on_error must be 'raise' or 'skip', got {self.on_error!r}"
+            )
+        if self.revision is not None and (self.root or self.repo_id):
+            _ = self.url  # a revision for a non-Hub root is an error: say so now, not at load
         if self.video_backend not in _BACKENDS:
             raise ValueError(
                 f"DatasetConfig.video_backend must be one of {_BACKENDS}, "
@@ -119,12 +141,11 @@ class DatasetConfig:
     # ------------------------------------------------------------------ location
     @property
     def url(self) -> str:
-        """Where the dataset is: ``root``, else the Hub URL of ``repo_id``."""
+        """Where the dataset is: ``root``, else the Hub dataset ``repo_id`` (with ``revision``)."""
         if self.root:
-            return os.fspath(self.root)
+            return resolve_url(self.root, self.revision)
         if self.repo_id:
-            rev = f"@{self.revision}" if self.revision else ""
-            return f"hf://datasets/{self.repo_id}{rev}"
+            return resolve_url(f"hf://datasets/{self.repo_id}", self.revision)
         raise ValueError("DatasetConfig needs root (a path or URL) or repo_id")
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -256,7 +277,15 @@ def make_dataset(
     ``meta`` reuses already loaded metadata (e.g. read once to size a model from the
     features); ``image_transforms`` is applied to each camera tensor of a sample.
     """
-    meta = meta or DatasetMeta(Source(cfg.url, dict(cfg.storage_options)))
+    meta = meta or DatasetMeta(
+        Source(
+            cfg.url,  # the revision is part of it
+            dict(cfg.storage_options),
+            cache_dir=cfg.cache_dir,
+            cache_max_bytes=cfg.cache_max_bytes,
+            remote=dict(cfg.remote_options),
+        )
+    )
     common: dict[str, Any] = {
         "episodes": cfg.episodes,
         "delta_timestamps": cfg.delta_timestamps,
@@ -279,6 +308,8 @@ def make_dataset(
         shuffle_warmup=cfg.streaming_shuffle_warmup,
         video_decoder_cache_size=cfg.video_decoder_cache_size,
         decoder_threads=cfg.decoder_threads,
+        prefetch=cfg.streaming_prefetch,
+        on_error=cfg.on_error,
         rank=cfg.rank,
         world_size=cfg.world_size,
         even_ranks=cfg.even_ranks,
@@ -312,6 +343,9 @@ _KIND: dict[str, str] = {
     "return_uint8": "bool",
     "video_backend": "str?",
     "storage_options": "dict",
+    "cache_dir": "path?",
+    "cache_max_bytes": "int?",
+    "remote_options": "dict",
     "streaming": "bool",
     "shuffle": "bool",
     "seed": "int",
@@ -320,6 +354,8 @@ _KIND: dict[str, str] = {
     "streaming_shuffle_warmup": "int",
     "video_decoder_cache_size": "int?",
     "decoder_threads": "int",
+    "streaming_prefetch": "int",
+    "on_error": "str",
     "even_ranks": "bool",
     "rank": "int?",
     "world_size": "int?",

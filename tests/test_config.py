@@ -114,6 +114,9 @@ def test_overrides_are_typed() -> None:
         ("shuffle=maybe", "shuffle"),
         ("video_backend=ffmpeg", "video_backend"),
         ("tolerance_s=-1", "tolerance_s"),
+        ("on_error=ignore", "on_error"),
+        ("streaming_prefetch=-1", "streaming_prefetch"),
+        ("revision=main", "revision='main' applies to Hub datasets only"),
         ("nonexistent=1", "unknown DatasetConfig field 'nonexistent'"),
         ("streaming", "not key=value"),
     ],
@@ -140,6 +143,8 @@ def test_url_from_root_or_repo_id() -> None:
     assert DatasetConfig(repo_id="user/ds").url == "hf://datasets/user/ds"
     assert DatasetConfig(repo_id="user/ds", revision="v3.0").url == "hf://datasets/user/ds@v3.0"
     assert DatasetConfig(root="/a", repo_id="user/ds").url == "/a"  # root wins
+    hub_root = DatasetConfig(root="hf://datasets/user/ds", revision="refs/pr/1")
+    assert hub_root.url == "hf://datasets/user/ds@refs%2Fpr%2F1"
     with pytest.raises(ValueError, match="root .* or repo_id"):
         _ = DatasetConfig().url
 
@@ -155,11 +160,15 @@ def test_make_dataset_streaming_uses_the_config(tiny: Path) -> None:
         seed=11,
         even_ranks=True,
         return_uint8=True,
+        streaming_prefetch=0,
+        on_error="skip",
+        cache_max_bytes=0,
     )
     ds = make_dataset(cfg)
     assert isinstance(ds, StreamingLeRobotDataset)
     assert (ds.buffer_size, ds.active_shards, ds.video_decoder_cache_size) == (7, 2, 5)
     assert (ds.seed, ds.even_ranks, ds.return_uint8) == (11, True, True)
+    assert (ds.prefetch, ds.on_error, ds.meta.source.cache_max_bytes) == (0, "skip", 0)
     assert ds.episodes.tolist() == [4, 1]
 
 

@@ -10,6 +10,7 @@ and in ``framestream validate`` (the report names the problem).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter
 from collections.abc import Callable
@@ -79,6 +80,7 @@ class Outcome:
     bad_frame: tuple[int, int] | None = None  # (episode, frame) MapDataset fails on
     reason: str = "skipped_data_errors"  # the stats() counter of the cause
     episode_in_message: int | None = None  # the episode named when iterating in order
+    names_frame: bool = True  # False: an episode-level error (its rows cannot be read)
     notes: dict = field(default_factory=dict)
 
 
@@ -121,8 +123,13 @@ def truncated_mp4(root: Path, meta: DatasetMeta) -> Outcome:
     path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
     bad = _episodes_in(meta, key, rel)
     return Outcome(
-        frozenset(bad), VideoDecodeError, [rel, repr(key), "cannot open video"], "video_file",
-        reason="skipped_video_errors", bad_frame=(bad[0], 0), episode_in_message=min(bad),
+        frozenset(bad),
+        VideoDecodeError,
+        [rel, repr(key), "cannot open video"],
+        "video_file",
+        reason="skipped_video_errors",
+        bad_frame=(bad[0], 0),
+        episode_in_message=min(bad),
     )
 
 
@@ -141,8 +148,14 @@ def truncated_mp4_tail(root: Path, meta: DatasetMeta) -> Outcome:
         pos = [p.pos for p in c.demux(c.streams.video[0]) if p.size][cut]
     path.write_bytes(path.read_bytes()[:pos])
     return Outcome(
-        frozenset({last}), VideoDecodeError, [rel, repr(key)], "video_frames", partial=True,
-        reason="skipped_video_errors", bad_frame=(last, length - 1), episode_in_message=last,
+        frozenset({last}),
+        VideoDecodeError,
+        [rel, repr(key)],
+        "video_frames",
+        partial=True,
+        reason="skipped_video_errors",
+        bad_frame=(last, length - 1),
+        episode_in_message=last,
     )
 
 
@@ -154,22 +167,24 @@ def missing_frames(root: Path, meta: DatasetMeta) -> Outcome:
     length = int(meta.episodes.length[meta.episodes.row(episode)])
     path, tmp = root / rel, root / "tmp.mp4"
     shutil.move(path, tmp)
-    dropped: list[int] = []
-
-    def keep(i: int, packet: av.Packet) -> bool:
-        if i >= start + length // 2 and (not dropped and packet.is_keyframe or len(dropped) == 1):
-            if not (dropped and packet.is_keyframe):
-                dropped.append(i)
-                return False
-        return True
-
-    _remux(tmp, path, keep)
+    with av.open(str(tmp)) as c:
+        key_frames = [p.is_keyframe for p in c.demux(c.streams.video[0]) if p.size]
+    # the first GOP starting in the episode's second half, up to the next key frame
+    first = next(i for i in range(start + length // 2, start + length) if key_frames[i])
+    stop = next(i for i in range(first + 1, len(key_frames)) if key_frames[i])
+    dropped = list(range(first, stop))
+    _remux(tmp, path, lambda i, p: i not in dropped)
     tmp.unlink()
-    assert len(dropped) == 2
+    assert 0 < len(dropped) and stop < start + length
     return Outcome(
-        frozenset({episode}), TimestampToleranceError, [rel, repr(key), "tolerance_s"],
-        "video_frames", partial=True, reason="skipped_timestamp_errors",
-        bad_frame=(episode, dropped[0] - start), episode_in_message=episode,
+        frozenset({episode}),
+        TimestampToleranceError,
+        [rel, repr(key), "tolerance_s"],
+        "video_frames",
+        partial=True,
+        reason="skipped_timestamp_errors",
+        bad_frame=(episode, dropped[0] - start),
+        episode_in_message=episode,
     )
 
 
@@ -180,8 +195,12 @@ def wrong_from_timestamp(root: Path, meta: DatasetMeta) -> Outcome:
     late = float(meta.episodes.videos[key].from_ts[row]) + 3 / meta.fps
     _write_episodes_column(root, f"videos/{key}/from_timestamp", episode, late)
     return Outcome(
-        frozenset({episode}), DatasetFormatError, ["from_timestamp", repr(key)], "video_range",
-        bad_frame=(episode, 0), episode_in_message=episode,
+        frozenset({episode}),
+        DatasetFormatError,
+        ["from_timestamp", repr(key)],
+        "video_range",
+        bad_frame=(episode, 0),
+        episode_in_message=episode,
     )
 
 
@@ -201,8 +220,13 @@ def missing_data_file(root: Path, meta: DatasetMeta) -> Outcome:
     rel = meta.data_file(episode)
     (root / rel).unlink()
     return Outcome(
-        frozenset({episode}), DatasetFormatError, [rel, "not found"], "missing_file",
-        bad_frame=(episode, 0), episode_in_message=episode,
+        frozenset({episode}),
+        DatasetFormatError,
+        [rel, "not found"],
+        "missing_file",
+        bad_frame=(episode, 0),
+        episode_in_message=episode,
+        names_frame=False,
     )
 
 
@@ -213,8 +237,35 @@ def truncated_parquet(root: Path, meta: DatasetMeta) -> Outcome:
     path = root / rel
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return Outcome(
-        frozenset({episode}), DatasetFormatError, [rel, "parquet"], "data",
-        bad_frame=(episode, 0), episode_in_message=episode,
+        frozenset({episode}),
+        DatasetFormatError,
+        [rel, "parquet"],
+        "data",
+        bad_frame=(episode, 0),
+        episode_in_message=episode,
+        names_frame=False,
+    )
+
+
+def corrupt_row_group(root: Path, meta: DatasetMeta) -> Outcome:
+    """A data file whose footer is intact but one column's page header is zeroed."""
+    episode = 2
+    rel = meta.data_file(episode)
+    path = root / rel
+    md = pq.ParquetFile(path).metadata
+    names = [md.schema.column(i).path for i in range(md.num_columns)]
+    col = md.row_group(0).column(names.index("observation.state.list.element"))
+    raw = bytearray(path.read_bytes())
+    raw[col.data_page_offset : col.data_page_offset + 32] = bytes(32)
+    path.write_bytes(bytes(raw))
+    return Outcome(
+        frozenset({episode}),
+        DatasetFormatError,
+        [rel, "cannot read rows"],
+        "data",
+        bad_frame=(episode, 0),
+        episode_in_message=episode,
+        names_frame=False,
     )
 
 
@@ -233,13 +284,20 @@ def non_utf8_task(root: Path, meta: DatasetMeta) -> Outcome:
     texts = [meta.tasks[t].encode() for t in sorted(meta.tasks)]
     texts[1] = b"Push the \xff\xfe block"
     table = pa.table(
-        {"task_index": pa.array(sorted(meta.tasks), pa.int64()), "task": pa.array(texts, pa.binary())}
+        {
+            "task_index": pa.array(sorted(meta.tasks), pa.int64()),
+            "task": pa.array(texts, pa.binary()),
+        }
     )
     pq.write_table(table, root / "meta" / "tasks.parquet")
     bad = [int(e) for e in meta.episodes.episode_index if int(e) % 3 == 1]  # task = e % 3
     return Outcome(
-        frozenset(bad), DatasetFormatError, ["tasks.parquet", "task_index 1", "UTF-8"], "task",
-        bad_frame=(bad[0], 0), episode_in_message=min(bad),
+        frozenset(bad),
+        DatasetFormatError,
+        ["tasks.parquet", "task_index 1", "UTF-8"],
+        "task",
+        bad_frame=(bad[0], 0),
+        episode_in_message=min(bad),
     )
 
 
@@ -258,8 +316,13 @@ def nan_state(root: Path, meta: DatasetMeta) -> Outcome:
     arr = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel(), pa.float32()), values.shape[1])
     pq.write_table(table.set_column(i, table.field(i), arr), root / rel)
     return Outcome(
-        frozenset({episode}), DatasetFormatError, [rel, "observation.state", "NaN"], "nan",
-        bad_frame=(episode, 0), episode_in_message=episode,
+        frozenset({episode}),
+        DatasetFormatError,
+        [rel, "observation.state", "NaN"],
+        "nan",
+        bad_frame=(episode, 0),
+        episode_in_message=episode,
+        names_frame=False,
     )
 
 
@@ -273,6 +336,7 @@ BREAKS = {
         wrong_totals,
         missing_data_file,
         truncated_parquet,
+        corrupt_row_group,
         codec_mismatch,
         non_utf8_task,
         nan_state,
@@ -347,7 +411,8 @@ def test_raise_policy_names_the_problem(broken, base_meta):
     assert all(m in msg for m in out.match), msg
     assert str(root) in msg  # the dataset
     assert f"episode {out.episode_in_message}" in msg, msg
-    assert "frame " in msg, msg
+    if out.names_frame:
+        assert "frame " in msg, msg
     # in order, everything before the failure was delivered, and correct
     assert {e for e, _ in delivered} <= set(range(out.episode_in_message + 1))
 
@@ -385,8 +450,10 @@ def test_map_dataset_raises_on_the_bad_sample_only(broken, base_meta):
     for e in good[:2]:
         row = base_meta.episodes.row(e)
         last = int(base_meta.episodes.to_index[row]) - 1
-        assert check_sample(ds[ds.position_of(last)], base_meta) == (e, last - int(
-            base_meta.episodes.from_index[row]))
+        assert check_sample(ds[ds.position_of(last)], base_meta) == (
+            e,
+            last - int(base_meta.episodes.from_index[row]),
+        )
 
 
 def test_validate_names_the_problem(broken):
@@ -394,11 +461,11 @@ def test_validate_names_the_problem(broken):
     report = validate_dataset(str(root))
     found = report.find(out.check, severity=out.severity)
     assert found, report.format()
-    for e in out.bad:
-        if out.check in ("video_file", "missing_file", "data"):
-            assert any(f"episode {e}" in p.message or f"episodes " in p.message for p in found)
-        else:
-            assert any(p.episode == e for p in found), (e, report.format())
+    for e in out.bad:  # per-file problems list their episodes in the message
+        named = [
+            p for p in found if p.episode == e or re.search(rf"episodes? [\d, ]*\b{e}\b", p.message)
+        ]
+        assert named, (e, report.format())
     if out.severity == "error":
         assert not report.ok() and report.exit_code() == 1
     else:
@@ -418,6 +485,19 @@ def test_skip_across_dataloader_workers(name, base_root, base_meta, tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, timeout=120)
     got = [check_sample(s, base_meta) for s in loader]
     check_skip_outcome(got, ds.stats(), base_meta, out)
+
+
+def test_raise_through_dataloader_workers_keeps_type_and_message(base_root, base_meta, tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(base_root, root)
+    out = missing_frames(root, base_meta)
+    ds = StreamingLeRobotDataset(str(root), seed=1, return_uint8=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, timeout=120)
+    with pytest.raises(out.error) as info:
+        for _ in loader:
+            pass
+    msg = str(info.value)
+    assert all(m in msg for m in out.match) and f"episode {out.episode_in_message}" in msg, msg
 
 
 def test_unknown_policy_is_refused(base_root):

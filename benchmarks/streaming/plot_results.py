@@ -71,7 +71,7 @@ def plot(rows: list[dict[str, str]], out: str | Path, title: str | None = None) 
     if not rows:
         raise SystemExit("no rows to plot")
     g = group(rows)
-    labels = sorted({k[0] for k in g})
+    labels = list(dict.fromkeys(k[0] for k in g))  # in the CSV's order
     variants = sorted({(k[1], k[2]) for k in g})
     fig, axes = plt.subplots(1, 2, figsize=(6 + 1.6 * len(labels), 4.8))
     width = 0.8 / max(1, len(variants))
@@ -138,13 +138,60 @@ def plot(rows: list[dict[str, str]], out: str | Path, title: str | None = None) 
     return out
 
 
+TABLE = (
+    ("mode", "label", "{}"),
+    ("workers", "num_workers", "{}"),
+    ("samples/s", "samples_per_s", "{:,.1f}"),
+    ("delivered fr/s", "delivered_frames_per_s", "{:,.0f}"),
+    ("decoded fr/s", "decoded_frames_per_s", "{:,.0f}"),
+    ("reuse", "reuse_ratio", "{:.2f}"),
+    ("fr/s/node", "frames_per_s_node", "{:,.0f}"),
+    ("lat p50/p95/p99 ms/sample", "sample_latency_ms_p50", None),
+    ("first batch s", "first_batch_s", "{:.2f}"),
+    ("peak RSS MB main/worker", "peak_rss_mb_main", None),
+    ("dec. cache hit rate", "cache_hit_rate", "{:.1%}"),
+    ("episodes/batch (perfect)", "distinct_episodes_per_batch", None),
+    ("samples×cams / ceiling", "sample_frames_vs_ceiling", "{:.1%}"),
+    ("decoded / ceiling", "decoded_vs_ceiling", "{:.1%}"),
+    ("delivered / ceiling", "delivered_vs_ceiling", "{:.1%}"),
+)
+
+
+def _cell(row: dict[str, str], key: str, fmt: str | None) -> str:
+    def num(k: str, f: str) -> str:
+        v = _float(row.get(k))
+        return "-" if v is None else f.format(v)
+
+    if key == "sample_latency_ms_p50":
+        return " / ".join(num(f"sample_latency_ms_p{q}", "{:.1f}") for q in (50, 95, 99))
+    if key == "peak_rss_mb_main":
+        return f"{num('peak_rss_mb_main', '{:,.0f}')} / {num('peak_rss_mb_worker_max', '{:,.0f}')}"
+    if key == "distinct_episodes_per_batch":
+        return f"{num(key, '{:.1f}')} ({num('expected_distinct_episodes', '{:.1f}')})"
+    if fmt == "{}":
+        return row.get(key) or row.get("mode") or "-"
+    return num(key, fmt or "{}")
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    """The rows as a Markdown table (what the README's results section shows)."""
+    lines = ["| " + " | ".join(h for h, _, _ in TABLE) + " |", "|" + "---|" * len(TABLE)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row, k, f) for _, k, f in TABLE) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("csv", help="a CSV written by benchmark_streaming.py / framestream bench")
     p.add_argument("--out", default="benchmark.png", help="PNG to write")
     p.add_argument("--title", default=None)
+    p.add_argument("--table", action="store_true", help="also print a Markdown table")
     args = p.parse_args(argv)
-    print(plot(load(args.csv), args.out, args.title))
+    rows = load(args.csv)
+    print(plot(rows, args.out, args.title))
+    if args.table:
+        print(markdown_table(rows))
     return 0
 
 

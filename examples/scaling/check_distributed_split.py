@@ -9,9 +9,10 @@ rank writes what it read (global ``index``, ``episode_index``, ``frame_index``, 
 ``OUT/rank<r>.json``; rank 0 then gathers everything and prints a verdict (exit code 1 if the
 split is wrong).
 
-    accelerate launch --cpu --num_processes 2 examples/scaling/check_distributed_split.py \\
+    accelerate launch --multi_gpu --num_processes 2 examples/scaling/check_distributed_split.py \\
         --root /path/to/dataset --out /tmp/split --num-workers 0 2 --even-ranks false true
 
+``--case '{"num_workers": 2, "episodes": [3]}'`` adds a case with other DatasetConfig fields.
 ``OUT/started.rank<r>.json`` is written as soon as a rank knows its (rank, world size), so a
 caller can tell "a process did not start" from "a process started and failed".
 """
@@ -49,6 +50,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     p.add_argument("--out", required=True, help="folder for the per-rank JSON files")
     p.add_argument("--num-workers", type=int, nargs="+", default=[0])
     p.add_argument("--even-ranks", type=_bool, nargs="+", default=[True])
+    p.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='an extra case: {"num_workers": 2, <DatasetConfig field>: value, ...}; repeatable',
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--epoch", type=int, default=0)
     args = p.parse_args(rest)
@@ -104,6 +112,7 @@ def stream_epoch(cfg: DatasetConfig, *, num_workers: int, batch_size: int, epoch
     return {
         "num_workers": num_workers,
         "even_ranks": cfg.even_ranks,
+        "episodes": ds.episodes.tolist(),
         "rank": rank,
         "world_size": world,
         "planned": ds.num_samples(num_workers=num_workers),
@@ -124,7 +133,7 @@ def verdict(per_rank: list[dict]) -> list[str]:
     dup = [i for i, n in seen.items() if n > 1]
     if dup:
         problems.append(f"{len(dup)} indices read more than once, e.g. {dup[:5]}")
-    total = per_rank[0]["epoch_frames"]
+    total = per_rank[0]["epoch_frames"]  # the selected episodes' frames
     if len(seen) != total:
         problems.append(f"{len(seen)} distinct indices read, the epoch has {total}")
     counts = {r["rank"]: len(r["samples"]) for r in per_rank}
@@ -144,13 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = DatasetConfig.from_args(args, overrides)
     if args.root:
         base = base.replace(root=args.root)
-    cases = []
-    for even in args.even_ranks:
-        for nw in args.num_workers:
-            cfg = base.replace(even_ranks=even)
-            cases.append(
-                stream_epoch(cfg, num_workers=nw, batch_size=args.batch_size, epoch=args.epoch)
-            )
+    todo = [(base.replace(even_ranks=e), nw) for e in args.even_ranks for nw in args.num_workers]
+    for text in args.case:
+        spec = json.loads(text)
+        nw = int(spec.pop("num_workers", 0))
+        todo.append((base.replace(**spec), nw))
+    cases = [
+        stream_epoch(cfg, num_workers=nw, batch_size=args.batch_size, epoch=args.epoch)
+        for cfg, nw in todo
+    ]
     result = {"rank": rank, "world_size": world, "cases": cases}
     tmp = out / f".rank{rank}.json.tmp"
     tmp.write_text(json.dumps(result))

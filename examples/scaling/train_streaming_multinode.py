@@ -16,18 +16,23 @@ without the three classic mistakes of streaming + DDP:
    ``is_repeat``), hence the same number of steps.
 3. **Preemption resumes the stream, not just the model.** A checkpoint holds the model, the
    optimizer, the step and each rank's stream position: ``StatefulDataLoader.state_dict()``
-   (torchdata; it collects every worker's ``dataset.state_dict()``) or, with ``--num-workers 0``
-   and no torchdata, ``dataset.state_dict()``. ``--resume`` continues where the stream stopped.
-   SIGTERM (what SLURM sends at the time limit or on preemption) saves a checkpoint at the
-   next step boundary and exits.
+   (torchdata; it collects every worker's ``dataset.state_dict()``), or with a plain
+   DataLoader ``dataset.state_dict()`` (``--num-workers 0``) or ``dataset.progress_state()``
+   (workers; rebuilt from the batches consumed). ``--resume`` continues exactly where the
+   stream stopped; with another number of processes or workers it resumes elastically
+   (``framestream.merge_states`` of every rank's state: no sample lost or repeated, the rest of
+   the epoch in another order). SIGTERM (what SLURM sends at the time limit or on preemption)
+   saves a checkpoint at the next step boundary and exits.
 
 Usage::
 
     # CPU, quick: a tiny synthetic dataset (generated once, cached)
     python examples/scaling/train_streaming_multinode.py --tiny --max-steps 20
 
-    # 2 processes on one machine (CPU, gloo)
-    accelerate launch --cpu --num_processes 2 examples/scaling/train_streaming_multinode.py --tiny
+    # 2 processes on one machine; on a CPU-only machine too (gloo). Not `--cpu`: with it,
+    # `accelerate launch` starts a single process unless run under mpirun.
+    accelerate launch --multi_gpu --num_processes 2 \\
+        examples/scaling/train_streaming_multinode.py --tiny
 
     # a real dataset, config file + overrides, data loading only (throughput)
     accelerate launch --multi_gpu --num_processes 8 examples/scaling/train_streaming_multinode.py \\
@@ -111,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch-size", type=int, default=8, help="per process")
     data.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per process")
     data.add_argument("--prefetch-factor", type=int, default=2)
+    data.add_argument(
+        "--plain-loader",
+        action="store_true",
+        help="torch's DataLoader instead of torchdata's StatefulDataLoader (the stream position "
+        "is then rebuilt from the batches consumed)",
+    )
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=1)
     train.add_argument("--max-steps", type=int, default=None, help="stop after this global step")
@@ -128,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--dummy", action="store_true", help="no model: load data, log throughput")
     run = p.add_argument_group("checkpoints and logs")
-    run.add_argument("--output-dir", default="runs/train_streaming")
+    run.add_argument("--output-dir", default="outputs/train_streaming")
     run.add_argument(
         "--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: only at end)"
     )
@@ -180,9 +191,8 @@ def dataset_config(
     if args.root:
         fields["root"] = args.root
     cfg = DatasetConfig.from_dict(fields).with_overrides(overrides)
-    explicit = {o.partition("=")[0] for o in overrides} | set(fields) - set(SCRIPT_DATASET_DEFAULTS)
     if world_size > 1 and not cfg.even_ranks:
-        if "even_ranks" in explicit:
+        if "even_ranks" in fields or any(o.startswith("even_ranks=") for o in overrides):
             raise SystemExit(
                 "even_ranks=false with several processes: ranks would run different numbers of "
                 "steps and DDP would hang at the end of the epoch. Leave it on."
@@ -285,7 +295,8 @@ def make_loader(
     dataset: torch.utils.data.IterableDataset, args: argparse.Namespace, pin_memory: bool
 ) -> tuple[torch.utils.data.DataLoader, bool]:
     """A StatefulDataLoader when torchdata is installed (its state_dict holds every worker's
-    stream position); else a plain DataLoader, resumable only with ``num_workers=0``."""
+    stream position), else (or with ``--plain-loader``) a plain DataLoader, whose position is
+    rebuilt from the number of batches consumed (``dataset.progress_state``)."""
     kwargs: dict[str, Any] = {
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
@@ -294,16 +305,14 @@ def make_loader(
     if args.num_workers > 0:
         kwargs["prefetch_factor"] = args.prefetch_factor
         kwargs["worker_init_fn"] = _worker_init
-    try:
-        from torchdata.stateful_dataloader import StatefulDataLoader
-    except ImportError:
-        if args.num_workers > 0:
-            raise SystemExit(
-                "resuming a stream read by DataLoader workers needs torchdata's "
-                "StatefulDataLoader: pip install 'torchdata>=0.8' (or use --num-workers 0)"
-            ) from None
-        return torch.utils.data.DataLoader(dataset, **kwargs), False
-    return StatefulDataLoader(dataset, **kwargs), True
+    if not args.plain_loader:
+        try:
+            from torchdata.stateful_dataloader import StatefulDataLoader
+        except ImportError:
+            pass
+        else:
+            return StatefulDataLoader(dataset, **kwargs), True
+    return torch.utils.data.DataLoader(dataset, **kwargs), False
 
 
 def _worker_init(_: int) -> None:
@@ -393,6 +402,10 @@ def delivered_frames(batch: Mapping[str, Any], camera_keys: Sequence[str]) -> in
 
 
 # ============================================================================ checkpoints
+def _load_data_state(path: Path, rank: int) -> dict[str, Any] | None:
+    return torch.load(path / f"data_rank{rank}.pt", map_location="cpu", weights_only=False)
+
+
 def resolve_resume(arg: str | None, output_dir: Path) -> Path | None:
     if arg is None:
         return None
@@ -465,6 +478,203 @@ class StopFlag:
         self.raised = True
 
 
+def prepare_data(
+    args: argparse.Namespace, overrides: Sequence[str], accelerator: Any
+) -> tuple[DatasetConfig, DatasetMeta, Any]:
+    """The dataset config (with a synthetic root when none is given), its metadata, the dataset."""
+    cfg, needs_synthetic = dataset_config(args, overrides, world_size=accelerator.num_processes)
+    if needs_synthetic or args.tiny:
+        from framestream._default_data import synthetic_dataset
+
+        params = dict(TINY_DATASET) if args.tiny else None
+        if params is not None and args.synthetic_episodes is not None:
+            params["num_episodes"] = args.synthetic_episodes
+        with accelerator.local_main_process_first():  # one node-local generation, then cached
+            root = synthetic_dataset(params, progress=accelerator.is_local_main_process)
+        cfg = cfg.replace(root=str(root))
+    meta = DatasetMeta(cfg.url, storage_options=cfg.storage_options)
+    if cfg.delta_timestamps is None and not args.dummy and args.action_horizon > 1:
+        horizon = [k / meta.fps for k in range(args.action_horizon)]
+        cfg = cfg.replace(delta_timestamps={"action": horizon})
+    return cfg, meta, make_dataset(cfg, meta=meta)
+
+
+def build_policy(cfg: DatasetConfig, meta: DatasetMeta, lr: float) -> tuple[Policy, Any]:
+    """The policy sized from the dataset's features, and its optimizer."""
+    if "action" not in meta.features:
+        raise SystemExit(f"{cfg.url} has no 'action' feature to train on (try --dummy)")
+    state_key = "observation.state" if "observation.state" in meta.features else None
+    state_dim = meta.features[state_key].shape[0] if state_key else 0
+    actions = (cfg.delta_timestamps or {}).get("action")
+    model = Policy(
+        meta.camera_keys,
+        state_dim,
+        meta.features["action"].shape[0],
+        len(actions) if actions else 1,
+        stats=meta.stats,
+        state_key=state_key,
+    )
+    return model, torch.optim.AdamW(model.parameters(), lr=lr)
+
+
+class Run:
+    """The training loop's state (step, epoch, stream position) and what it does with it."""
+
+    def __init__(self, args: argparse.Namespace, accelerator: Any, dataset: Any) -> None:
+        self.args, self.accelerator, self.dataset = args, accelerator, dataset
+        self.loader, self.stateful = make_loader(
+            dataset, args, pin_memory=accelerator.device.type == "cuda"
+        )
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.step = self.epoch = 0
+        self.epoch_batches = 0  # batches of the current epoch consumed, across resumes
+        # True between the end of one epoch and the first batch of the next: a checkpoint
+        # taken then keeps no stream position. (A StatefulDataLoader state saved after its
+        # epoch ended resumes *that* finished epoch: the next one would be skipped.)
+        self.between_epochs = False
+        self.ckpt_root = Path(args.output_dir) / "checkpoints"
+        self.meta = {
+            "world_size": accelerator.num_processes,
+            "num_workers": args.num_workers,
+            "batch_size": args.batch_size,
+            "stateful_loader": self.stateful,
+        }
+
+    def restore(self, path: Path) -> None:
+        """Model, optimizer, step, and the stream: exactly where it stopped when the layout
+        (processes, workers, loader) is the one saved, else elastically (no sample lost or
+        repeated; the rest of the epoch in another order) through ``merge_states``."""
+        acc = self.accelerator
+        saved = torch.load(path / TRAIN_STATE, map_location="cpu", weights_only=False)
+        self.step, self.epoch = int(saved["step"]), int(saved["epoch"])
+        self.epoch_batches = int(saved.get("epoch_batches", 0))
+        if self.model is not None and self.optimizer is not None:
+            if "model" not in saved:
+                raise SystemExit(f"{path} was written by a --dummy run (no model)")
+            acc.unwrap_model(self.model).load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+        layout = ("world_size", "num_workers", "stateful_loader")
+        if all(saved[k] == self.meta[k] for k in layout):
+            state = _load_data_state(path, acc.process_index)
+            if state is not None:
+                (self.loader if self.stateful else self.dataset).load_state_dict(state)
+        else:
+            self._restore_other_layout(path, saved)
+        resplit = any(saved[k] != self.meta[k] for k in ("world_size", "num_workers"))
+        how = "exact"
+        if resplit:
+            how = "elastic, from " + ", ".join(f"{k}={saved[k]}" for k in layout[:2])
+        acc.print(f"[resume] {path}: step {self.step}, epoch {self.epoch} ({how})")
+
+    def _restore_other_layout(self, path: Path, saved: Mapping[str, Any]) -> None:
+        """Every saved rank's stream state, merged: each new rank and worker takes its part of
+        what the saved streams still owed (exact when processes and workers are unchanged)."""
+        plain_workers = not self.stateful and self.args.num_workers > 0
+        saved_plain_workers = not saved["stateful_loader"] and int(saved["num_workers"]) > 0
+        states = [_load_data_state(path, r) for r in range(int(saved["world_size"]))]
+        if all(s is None for s in states):
+            return  # saved between two epochs: nothing to carry over
+        if saved_plain_workers or plain_workers:
+            # A plain DataLoader's position is "k batches into the epoch's own plan": it
+            # cannot describe another layout's leftovers, and cannot be described by them.
+            raise SystemExit(
+                f"{path}: resuming with other processes/workers/loader needs stream states on "
+                "both sides: a StatefulDataLoader (torchdata) or --num-workers 0; this run or "
+                "the saved one uses a plain DataLoader with workers. Resume with the saved "
+                f"layout (world_size={saved['world_size']}, num_workers={saved['num_workers']}, "
+                f"stateful_loader={saved['stateful_loader']})."
+            )
+        from framestream import merge_states
+
+        self.dataset.load_state_dict(merge_states([s for s in states if s is not None]))
+
+    def data_state(self) -> dict[str, Any] | None:
+        """This rank's stream position for a checkpoint."""
+        if self.between_epochs:
+            return None
+        if self.stateful:
+            return self.loader.state_dict()
+        if self.args.num_workers == 0:
+            return self.dataset.state_dict()
+        # A plain DataLoader with workers: the position follows from the batches consumed.
+        return self.dataset.progress_state(
+            batches=self.epoch_batches,
+            batch_size=self.args.batch_size,
+            num_workers=self.args.num_workers,
+            epoch=self.epoch,
+        )
+
+    def checkpoint(self, dataset_cfg: DatasetConfig) -> None:
+        path = save_checkpoint(
+            self.accelerator,
+            self.ckpt_root,
+            step=self.step,
+            epoch=self.epoch,
+            model=self.model,
+            optimizer=self.optimizer,
+            data_state=self.data_state(),
+            meta=self.meta
+            | {"epoch_batches": self.epoch_batches, "dataset": dataset_cfg.to_dict()},
+            keep=self.args.keep_checkpoints,
+        )
+        self.accelerator.print(f"[checkpoint] step {self.step} -> {path}")
+
+    def train_step(self, batch: Mapping[str, Any]) -> float | None:
+        """One optimisation step on this rank's batch (DDP syncs gradients); None if --dummy."""
+        if self.model is None or self.optimizer is None:
+            return None
+        acc = self.accelerator
+        on_device = {
+            k: v.to(acc.device, non_blocking=True)
+            for k, v in batch.items()
+            if isinstance(v, torch.Tensor)
+        }
+        with acc.autocast():
+            loss = self.model(on_device)
+        self.optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        acc.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+class Throughput:
+    """Samples and delivered camera frames, summed over ranks at each report."""
+
+    def __init__(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
+        world = accelerator.num_processes
+        self.nodes = max(1, world // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        self.pending = torch.zeros(2, dtype=torch.float64)  # since the last report
+        self.totals = torch.zeros(2, dtype=torch.float64)
+        self.t_start = self.t_last = time.perf_counter()
+
+    def add(self, samples: int, frames: int) -> None:
+        self.pending += torch.tensor([samples, frames], dtype=torch.float64)
+
+    def report(self) -> tuple[float, float]:
+        """(samples/s over all ranks, frames/s per node) since the last report; collective."""
+        now = time.perf_counter()
+        summed = self.accelerator.reduce(self.pending.to(self.accelerator.device), "sum").cpu()
+        dt = max(now - self.t_last, 1e-9)
+        self.totals += summed
+        self.pending.zero_()
+        self.t_last = now
+        return float(summed[0]) / dt, float(summed[1]) / dt / self.nodes
+
+    def summary(self) -> dict[str, Any]:
+        self.report()
+        elapsed = max(time.perf_counter() - self.t_start, 1e-9)
+        return {
+            "nodes": self.nodes,
+            "seconds": elapsed,
+            "samples": int(self.totals[0]),
+            "samples_per_s": float(self.totals[0]) / elapsed,
+            "frames_per_s_per_node": float(self.totals[1]) / elapsed / self.nodes,
+        }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 noise
@@ -481,173 +691,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_seed(args.seed)
     stop = StopFlag()
 
-    cfg, needs_synthetic = dataset_config(args, overrides, world_size=world)
-    if needs_synthetic or args.tiny:
-        from framestream._default_data import synthetic_dataset
-
-        params = dict(TINY_DATASET) if args.tiny else None
-        if params is not None and args.synthetic_episodes is not None:
-            params["num_episodes"] = args.synthetic_episodes
-        with accelerator.local_main_process_first():  # one node-local generation, then cached
-            root = synthetic_dataset(params, progress=accelerator.is_local_main_process)
-        cfg = cfg.replace(root=str(root))
-    meta = DatasetMeta(cfg.url, storage_options=cfg.storage_options)
-    if cfg.delta_timestamps is None and not args.dummy and args.action_horizon > 1:
-        horizon = [k / meta.fps for k in range(args.action_horizon)]
-        cfg = cfg.replace(delta_timestamps={"action": horizon})
-    dataset = make_dataset(cfg, meta=meta)
-    cameras = list(meta.camera_keys)
+    cfg, meta, dataset = prepare_data(args, overrides, accelerator)
     accelerator.print(f"[config] world_size={world} dataset={json.dumps(cfg.to_dict())}")
     accelerator.print(
         f"[data] {cfg.url}: {len(dataset.episodes)} episodes, rank {rank} reads "
         f"{dataset.num_samples(num_workers=args.num_workers)} samples/epoch"
     )
-
-    loader, stateful = make_loader(dataset, args, pin_memory=accelerator.device.type == "cuda")
-
-    model: nn.Module | None = None
-    optimizer: torch.optim.Optimizer | None = None
+    run = Run(args, accelerator, dataset)
     if not args.dummy:
-        if "action" not in meta.features:
-            raise SystemExit(f"{cfg.url} has no 'action' feature to train on (try --dummy)")
-        state_key = "observation.state" if "observation.state" in meta.features else None
-        state_dim = meta.features[state_key].shape[0] if state_key else 0
-        actions = (cfg.delta_timestamps or {}).get("action")
-        model = Policy(
-            cameras,
-            state_dim,
-            meta.features["action"].shape[0],
-            len(actions) if actions else 1,
-            stats=meta.stats,
-            state_key=state_key,
-        )
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-        model, optimizer = accelerator.prepare(model, optimizer)  # NOT the DataLoader
+        model, optimizer = build_policy(cfg, meta, args.lr)
+        run.model, run.optimizer = accelerator.prepare(model, optimizer)  # NOT the DataLoader
 
-    # ------------------------------------------------------------------ resume
-    out = Path(args.output_dir)
-    ckpt_root = out / "checkpoints"
-    step, epoch = 0, 0
-    run_meta = {
-        "world_size": world,
-        "num_workers": args.num_workers,
-        "batch_size": args.batch_size,
-        "stateful_loader": stateful,
-        "dataset": cfg.to_dict(),
-    }
-    resume_dir = resolve_resume(args.resume, out)
+    resume_dir = resolve_resume(args.resume, Path(args.output_dir))
     if resume_dir is not None:
-        saved = torch.load(resume_dir / TRAIN_STATE, map_location="cpu", weights_only=False)
-        for key in ("world_size", "num_workers", "stateful_loader"):
-            if saved[key] != run_meta[key]:
-                raise SystemExit(
-                    f"{resume_dir}: saved with {key}={saved[key]}, this run has "
-                    f"{run_meta[key]}; resume with the same value (the stream state is per "
-                    "rank and per worker)"
-                )
-        step, epoch = int(saved["step"]), int(saved["epoch"])
-        if model is not None and optimizer is not None:
-            if "model" not in saved:
-                raise SystemExit(f"{resume_dir} was written by a --dummy run (no model)")
-            accelerator.unwrap_model(model).load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-        data_state = torch.load(
-            resume_dir / f"data_rank{rank}.pt", map_location="cpu", weights_only=False
-        )
-        (loader if stateful else dataset).load_state_dict(data_state)
-        accelerator.print(f"[resume] {resume_dir}: step {step}, epoch {epoch}")
+        run.restore(resume_dir)
     elif args.resume is not None:
-        accelerator.print(f"[resume] no checkpoint in {ckpt_root}: starting fresh")
+        accelerator.print(f"[resume] no checkpoint in {run.ckpt_root}: starting fresh")
 
-    def checkpoint() -> None:
-        data_state = loader.state_dict() if stateful else dataset.state_dict()
-        path = save_checkpoint(
-            accelerator,
-            ckpt_root,
-            step=step,
-            epoch=epoch,
-            model=model,
-            optimizer=optimizer,
-            data_state=data_state,
-            meta=run_meta,
-            keep=args.keep_checkpoints,
-        )
-        accelerator.print(f"[checkpoint] step {step} -> {path}")
-
-    # ------------------------------------------------------------------ loop
     sample_log = SampleLog(args.log_samples, rank=rank, world_size=world, cfg=cfg)
-    nodes = max(1, world // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    first_camera = cameras[0] if cameras else None
-    device = accelerator.device
-    t_start = t_log = time.perf_counter()
-    counts = torch.zeros(2, dtype=torch.float64)  # samples, delivered frames since last log
-    totals = torch.zeros(2, dtype=torch.float64)
+    cameras = list(meta.camera_keys)
+    speed = Throughput(accelerator)
     last_loss: float | None = None
     steps_run = 0
-    done = args.max_steps is not None and step >= args.max_steps
+    done = args.max_steps is not None and run.step >= args.max_steps
     stopped = False
-
-    while not done and epoch < args.epochs:
-        dataset.set_epoch(epoch)
-        for batch in loader:
-            step += 1
+    while not done and not stopped and run.epoch < args.epochs:
+        dataset.set_epoch(run.epoch)
+        for batch in run.loader:
+            run.step += 1
+            run.epoch_batches += 1
+            run.between_epochs = False
             steps_run += 1
-            n_frames = delivered_frames(batch, cameras)
-            counts += torch.tensor([len(batch["index"]), n_frames], dtype=torch.float64)
-            loss_value = None
-            if model is not None and optimizer is not None:
-                on_device = {
-                    k: v.to(device, non_blocking=True)
-                    for k, v in batch.items()
-                    if isinstance(v, torch.Tensor)
-                }
-                with accelerator.autocast():
-                    loss = model(on_device)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                loss_value = last_loss = float(loss.detach())
-            sample_log.write(step, epoch, batch, first_camera, loss_value)
-
-            if args.log_every > 0 and step % args.log_every == 0:
-                now = time.perf_counter()
-                summed = accelerator.reduce(counts.to(device), reduction="sum").cpu()
-                dt = max(now - t_log, 1e-9)
+            speed.add(len(batch["index"]), delivered_frames(batch, cameras))
+            loss = run.train_step(batch)
+            last_loss = loss if loss is not None else last_loss
+            sample_log.write(run.step, run.epoch, batch, cameras[0] if cameras else None, loss)
+            if args.log_every > 0 and run.step % args.log_every == 0:
+                samples_s, frames_s = speed.report()
                 loss_txt = "" if last_loss is None else f"loss {last_loss:.4f} | "
                 accelerator.print(
-                    f"step {step} | epoch {epoch} | {loss_txt}{summed[0] / dt:.1f} samples/s "
-                    f"(all ranks) | {summed[1] / dt / nodes:.1f} frames/s/node"
+                    f"step {run.step} | epoch {run.epoch} | {loss_txt}{samples_s:.1f} samples/s "
+                    f"(all ranks) | {frames_s:.1f} frames/s/node"
                 )
-                totals += summed
-                counts.zero_()
-                t_log = now
-
-            done = args.max_steps is not None and step >= args.max_steps
+            done = args.max_steps is not None and run.step >= args.max_steps
             stopped = _any(accelerator, stop.raised) if world > 1 else stop.raised
-            due = args.checkpoint_every > 0 and step % args.checkpoint_every == 0
-            if (due or stopped) and not done:
-                checkpoint()
+            due = args.checkpoint_every > 0 and run.step % args.checkpoint_every == 0
             if done or stopped:
                 break
-        else:
-            epoch += 1
-            continue
-        break
+            if due:
+                run.checkpoint(cfg)
+        else:  # the epoch ran out
+            run.epoch += 1
+            run.epoch_batches = 0
+            run.between_epochs = True
 
-    checkpoint()
-    totals += accelerator.reduce(counts.to(device), reduction="sum").cpu()
-    elapsed = time.perf_counter() - t_start
+    run.checkpoint(cfg)
     summary = {
         "steps": steps_run,
-        "final_step": step,
-        "epoch": epoch,
+        "final_step": run.step,
+        "epoch": run.epoch,
         "world_size": world,
-        "nodes": nodes,
-        "seconds": elapsed,
-        "samples": int(totals[0]),
-        "samples_per_s": float(totals[0]) / max(elapsed, 1e-9),
-        "frames_per_s_per_node": float(totals[1]) / max(elapsed, 1e-9) / nodes,
+        **speed.summary(),
         "last_loss": last_loss,
         "stopped_by_signal": stopped,
         "dataset_stats_rank0": dataset.stats(),
