@@ -645,8 +645,8 @@ class _Stream:
             try:
                 reader = self._reader(rid, frame)
                 sample = reader.sample(frame)
-                # A network outage is not a bad episode: never skip past it.
             except FramestreamError as exc:
+                # A network outage is not a bad episode: never skip past it.
                 if self.ds.on_error == "raise" or isinstance(exc, SourceError):
                     raise
                 self._drop(rid, exc)
