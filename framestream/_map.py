@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from framestream._meta import DatasetMeta
-from framestream._sample import WindowSpec, build_sample
+from framestream._sample import WindowSpec, build_sample, stack_chw
 from framestream._source import Source
 from framestream._tabular import EpisodeData, TableReader, image_frames
 from framestream._video import DecoderCache, decode_episode_frames, resolve_backend
@@ -130,7 +130,8 @@ class MapDataset(torch.utils.data.Dataset):
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
         )
-        return frames[torch.from_numpy(inverse.reshape(-1))]
+        arr = frames.numpy()
+        return stack_chw([arr[i] for i in inverse.reshape(-1)])
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         episode, frame = self.locate(int(idx))

@@ -13,6 +13,7 @@ that every worker is busy even with a single episode or a single file.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,19 +51,30 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 def _detect_rank() -> tuple[int, int]:
+    env = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
         from accelerate.state import PartialState
 
         if PartialState._shared_state:  # initialised by Accelerator() / accelerate launch
             state = PartialState()
-            return int(state.process_index), int(state.num_processes)
+            acc = int(state.process_index), int(state.num_processes)
+            # On a machine without GPUs, Accelerate built without cpu=True reports a single
+            # process even under a multi-process launcher: trusting it would make every rank
+            # read the whole dataset. The launcher's WORLD_SIZE wins then.
+            if acc[1] > 1 or env[1] == 1:
+                return acc
+            warnings.warn(
+                f"Accelerate reports 1 process but WORLD_SIZE={env[1]}; using RANK/WORLD_SIZE "
+                "(on CPU, create the Accelerator with cpu=True)",
+                stacklevel=3,
+            )
     except ImportError:
         pass
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return env
 
 
 def epoch_order(episodes: np.ndarray, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

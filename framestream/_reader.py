@@ -20,7 +20,7 @@ import torch
 from framestream._errors import FramestreamError
 from framestream._meta import DatasetMeta
 from framestream._plan import Segment
-from framestream._sample import WindowSpec, build_sample
+from framestream._sample import WindowSpec, build_sample, stack_chw
 from framestream._tabular import EpisodeData, TableReader, image_frames
 from framestream._video import DecoderCache, decode_episode_frames
 
@@ -132,9 +132,7 @@ class SegmentReader:
             return image_frames(self.ep, key, idx)
         self._ensure(key, int(idx.max()))
         store = self.cameras[key].store
-        # numpy's single-threaded copy: torch.stack goes through intra-op threads, which cost
-        # milliseconds per frame on a busy machine with more processes than cores.
-        return torch.from_numpy(np.stack([store[int(i)] for i in idx]))
+        return stack_chw([store[int(i)] for i in idx])
 
     def _release(self, frame: int) -> None:
         for key, cam in self.cameras.items():

@@ -104,14 +104,23 @@ def _to_tensor(value: Any, dtype: str) -> Any:
     return t.to(torch.int64) if dtype.startswith("int") else t
 
 
-def image_to_output(frames: torch.Tensor, *, return_uint8: bool) -> torch.Tensor:
-    """uint8 NHWC frames to (N, C, H, W): float32 in [0, 1] unless ``return_uint8``.
+def stack_chw(frames: Sequence[np.ndarray]) -> torch.Tensor:
+    """HWC uint8 frames (as decoders give them) into one contiguous (T, C, H, W) tensor.
 
-    The channel move is a view (channels-last strides), not a copy: the transposing copy, if
-    any, happens once in the DataLoader's collate or on the accelerator.
+    One transposing copy per frame, with numpy (single-threaded: torch's copy goes through
+    intra-op threads that stall on a machine with more processes than cores). Contiguous
+    output keeps the DataLoader's collate a plain memcpy instead of a strided gather.
     """
-    chw = frames.permute(0, 3, 1, 2)
-    return chw if return_uint8 else chw.to(torch.float32).div_(255.0)
+    first = frames[0]
+    out = np.empty((len(frames), first.shape[2], first.shape[0], first.shape[1]), np.uint8)
+    for t, f in enumerate(frames):
+        out[t] = f.transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def image_to_output(frames: torch.Tensor, *, return_uint8: bool) -> torch.Tensor:
+    """uint8 (N, C, H, W) frames to the output dtype: float32 in [0, 1] unless ``return_uint8``."""
+    return frames if return_uint8 else frames.to(torch.float32).div_(255.0)
 
 
 def build_sample(
@@ -126,8 +135,8 @@ def build_sample(
 ) -> dict[str, Any]:
     """The sample of ``frame`` of ``ep``.
 
-    ``camera_frames(key, episode_frame_indices)`` returns the uint8 ``(T, H, W, C)`` frames of
-    a camera at those (already clamped) indices.
+    ``camera_frames(key, episode_frame_indices)`` returns the uint8 ``(T, C, H, W)`` frames of
+    a camera at those (already clamped) indices (see :func:`stack_chw`).
     """
     out: dict[str, Any] = {}
     length = ep.length

@@ -226,8 +226,12 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         state = self._pending_state
         if info is None:
             self._pending_state = None  # consumed; in workers the main copy keeps it
-        if state is not None and int(state.get("epoch", -1)) != self.epoch:
-            state = None  # a resume applies to its own epoch only
+        epoch = self.epoch
+        if state is not None:
+            if int(state["epoch"]) < epoch:
+                state = None  # set_epoch() moved past the saved epoch: a fresh epoch
+            else:
+                epoch = int(state["epoch"])
         stream = _resume_stream(
             self,
             state,
@@ -235,7 +239,7 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
             world_size=world_size,
             worker=worker,
             num_workers=num_workers,
-            epoch=self.epoch,
+            epoch=epoch,
         )
         self._stream = stream
         try:
@@ -267,6 +271,18 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         A state from another dataset, seed or framestream version is refused.
         """
         self._check_state(state)
+        if torch.utils.data.get_worker_info() is not None:
+            # Inside a DataLoader worker (StatefulDataLoader restores there): never move the
+            # epoch shared with the training process and the other workers.
+            self._pending_state = dict(state)
+            return
+        streams = state.get("streams") or [state.get("stream")]
+        if all(s is not None and s.get("finished") for s in streams):
+            # Saved after the epoch ended (StatefulDataLoader snapshots then too): go on with
+            # the next epoch rather than replaying an empty remainder.
+            self._pending_state = None
+            self.set_epoch(int(state["epoch"]) + 1)
+            return
         self._pending_state = dict(state)
         self.set_epoch(int(state["epoch"]))
 
@@ -741,6 +757,9 @@ class _Stream:
                 "reservoir": self.reservoir.state_dict(),
                 "rng": self.rng.bit_generator.state,
                 "emitted": self.emitted,
+                "finished": not self.active
+                and not len(self.reservoir)
+                and self.next_segment >= len(self.segments),
             },
         }
 

@@ -171,10 +171,9 @@ class TableReader:
 
 
 def image_frames(ep: EpisodeData, key: str, indices: np.ndarray) -> Any:
-    """Decode ``image`` features (PNG/JPEG bytes stored in the parquet) to uint8 NHWC."""
+    """Decode ``image`` features (PNG/JPEG bytes stored in the parquet) to uint8 NCHW."""
     import io
 
-    import torch
     from PIL import Image
 
     out = []
@@ -187,4 +186,6 @@ def image_frames(ep: EpisodeData, key: str, indices: np.ndarray) -> Any:
             )
         with Image.open(io.BytesIO(raw)) as im:
             out.append(np.asarray(im.convert("RGB")))
-    return torch.from_numpy(np.stack(out))
+    from framestream._sample import stack_chw
+
+    return stack_chw(out)

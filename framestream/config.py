@@ -148,6 +148,18 @@ class DatasetConfig:
             return resolve_url(f"hf://datasets/{self.repo_id}", self.revision)
         raise ValueError("DatasetConfig needs root (a path or URL) or repo_id")
 
+    def load_meta(self) -> DatasetMeta:
+        """The dataset's metadata, opened with this config's source options (e.g. to size a
+        model from the features before building the dataset; pass it to make_dataset)."""
+        source = Source(
+            self.url,  # the revision is part of it
+            dict(self.storage_options),
+            cache_dir=self.cache_dir,
+            cache_max_bytes=self.cache_max_bytes,
+            remote=dict(self.remote_options),
+        )
+        return DatasetMeta(source)
+
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (JSON/YAML-safe), e.g. to store next to a checkpoint."""
@@ -277,15 +289,7 @@ def make_dataset(
     ``meta`` reuses already loaded metadata (e.g. read once to size a model from the
     features); ``image_transforms`` is applied to each camera tensor of a sample.
     """
-    meta = meta or DatasetMeta(
-        Source(
-            cfg.url,  # the revision is part of it
-            dict(cfg.storage_options),
-            cache_dir=cfg.cache_dir,
-            cache_max_bytes=cfg.cache_max_bytes,
-            remote=dict(cfg.remote_options),
-        )
-    )
+    meta = meta or cfg.load_meta()
     common: dict[str, Any] = {
         "episodes": cfg.episodes,
         "delta_timestamps": cfg.delta_timestamps,

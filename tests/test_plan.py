@@ -121,3 +121,22 @@ def test_resolve_rank_from_env(monkeypatch):
     assert resolve_rank(None, None) == (0, 1)
     with pytest.raises(ValueError):
         resolve_rank(3, 2)
+
+
+def test_accelerate_single_process_does_not_hide_the_launchers_world(monkeypatch):
+    accelerate_state = pytest.importorskip("accelerate.state")
+
+    class FakeState:
+        _shared_state = {"initialised": True}
+
+        def __init__(self, n=1, i=0):
+            self.num_processes, self.process_index = n, i
+
+    monkeypatch.setattr(accelerate_state, "PartialState", FakeState)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.warns(UserWarning, match="cpu=True"):
+        assert resolve_rank(None, None) == (1, 2)
+    monkeypatch.setattr(accelerate_state, "PartialState", lambda: FakeState(4, 3))
+    monkeypatch.setattr(accelerate_state.PartialState, "_shared_state", {"x": 1}, raising=False)
+    assert resolve_rank(None, None) == (3, 4)

@@ -190,7 +190,7 @@ def flat(
 @pytest.mark.parametrize("persistent", [False, True])
 def test_soak_memory_and_descriptors_stay_flat(root, persistent):
     """Many epochs with 2 workers: RSS flat within a tolerance after warm-up, no fd growth."""
-    epochs, warmup = (24, 3) if not persistent else (40, 3)
+    epochs, warmup = (30, 3) if not persistent else (60, 3)
     fps = DatasetMeta(str(root)).fps
     ds = StreamingLeRobotDataset(
         str(root),

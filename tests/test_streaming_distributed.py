@@ -74,7 +74,8 @@ def launch_two(out: Path, args: list[str]) -> list[dict]:
         str(out),
         *args,
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # CPU + gloo even on a GPU machine (2 processes must not need 2 GPUs).
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=REPO

@@ -52,7 +52,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # CPU runs (gloo) even on a GPU machine: deterministic, and 2 processes need no 2 GPUs.
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
 
 
 def run_example(args: list[str], *, launcher: list[str] | None = None, check: bool = True) -> str:

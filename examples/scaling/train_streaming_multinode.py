@@ -257,6 +257,8 @@ class Policy(nn.Module):
             if img.ndim == 5:  # a camera window (B, T, C, H, W): use its last frame
                 img = img[:, -1]
             img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+            if img.shape[1] != 3:  # depth or grey cameras: one channel, or drop alpha
+                img = img[:, :1].expand(-1, 3, -1, -1) if img.shape[1] == 1 else img[:, :3]
             feats.append(self.encoder(img))
         if self.state_key:
             state = batch[self.state_key]
@@ -492,7 +494,7 @@ def prepare_data(
         with accelerator.local_main_process_first():  # one node-local generation, then cached
             root = synthetic_dataset(params, progress=accelerator.is_local_main_process)
         cfg = cfg.replace(root=str(root))
-    meta = DatasetMeta(cfg.url, storage_options=cfg.storage_options)
+    meta = cfg.load_meta()
     if cfg.delta_timestamps is None and not args.dummy and args.action_horizon > 1:
         horizon = [k / meta.fps for k in range(args.action_horizon)]
         cfg = cfg.replace(delta_timestamps={"action": horizon})
@@ -559,22 +561,24 @@ class Run:
             state = _load_data_state(path, acc.process_index)
             if state is not None:
                 (self.loader if self.stateful else self.dataset).load_state_dict(state)
+            self.between_epochs = state is None
         else:
-            self._restore_other_layout(path, saved)
+            self.between_epochs = not self._restore_other_layout(path, saved)
         resplit = any(saved[k] != self.meta[k] for k in ("world_size", "num_workers"))
         how = "exact"
         if resplit:
             how = "elastic, from " + ", ".join(f"{k}={saved[k]}" for k in layout[:2])
         acc.print(f"[resume] {path}: step {self.step}, epoch {self.epoch} ({how})")
 
-    def _restore_other_layout(self, path: Path, saved: Mapping[str, Any]) -> None:
+    def _restore_other_layout(self, path: Path, saved: Mapping[str, Any]) -> bool:
         """Every saved rank's stream state, merged: each new rank and worker takes its part of
-        what the saved streams still owed (exact when processes and workers are unchanged)."""
+        what the saved streams still owed (exact when processes and workers are unchanged).
+        False if the checkpoint holds no stream position (saved between two epochs)."""
         plain_workers = not self.stateful and self.args.num_workers > 0
         saved_plain_workers = not saved["stateful_loader"] and int(saved["num_workers"]) > 0
         states = [_load_data_state(path, r) for r in range(int(saved["world_size"]))]
         if all(s is None for s in states):
-            return  # saved between two epochs: nothing to carry over
+            return False
         if saved_plain_workers or plain_workers:
             # A plain DataLoader's position is "k batches into the epoch's own plan": it
             # cannot describe another layout's leftovers, and cannot be described by them.
@@ -588,6 +592,7 @@ class Run:
         from framestream import merge_states
 
         self.dataset.load_state_dict(merge_states([s for s in states if s is not None]))
+        return True
 
     def data_state(self) -> dict[str, Any] | None:
         """This rank's stream position for a checkpoint."""
