@@ -12,7 +12,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from framestream import StateDictError, StreamingLeRobotDataset
 from framestream._meta import DatasetMeta
-from framestream._streaming import merge_states
+from framestream import merge_states
 from framestream.testing import decode_frame_id
 
 BATCH = 4
