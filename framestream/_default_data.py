@@ -25,6 +25,23 @@ BENCHMARK_DATASET: dict[str, Any] = {
     "seed": 0,
 }
 
+# A quick dataset (~3 s to make): 6 episodes of 20-40 frames, 2 cameras at 64x96, H.264, with
+# several data and video files per camera. The training example's --tiny and the tests use it.
+TINY_DATASET: dict[str, Any] = {
+    "num_episodes": 6,
+    "min_length": 20,
+    "max_length": 40,
+    "num_cameras": 2,
+    "height": 64,
+    "width": 96,
+    "fps": 30,
+    "codec": "h264",
+    "gop": 2,
+    "data_files_size_in_mb": 0.002,
+    "video_files_size_in_mb": 0.02,
+    "seed": 0,
+}
+
 
 def cache_dir() -> Path:
     """``$FRAMESTREAM_CACHE``, else ``$XDG_CACHE_HOME/framestream`` or ``~/.cache/framestream``."""

@@ -314,49 +314,62 @@ def _prepare_root(root: Path, overwrite: bool) -> None:
         )
 
 
-def _validate(
-    num_episodes: int,
-    min_length: int,
-    max_length: int,
-    num_cameras: int,
-    height: int,
-    width: int,
-    fps: int,
-    codec: str,
-    gop: int,
-    state_dim: int,
-    action_dim: int,
-    num_tasks: int,
-    data_files_size_in_mb: float,
-    video_files_size_in_mb: float,
-    chunks_size: int,
-) -> None:
-    """Reject options the format or the identity codes cannot represent, before any work."""
-    checks = [
-        (1 <= num_episodes <= MAX_EPISODE + 1, f"num_episodes must be in [1, {MAX_EPISODE + 1}]"),
-        (1 <= min_length <= max_length, "need 1 <= min_length <= max_length"),
-        (max_length <= MAX_FRAME + 1, f"max_length must be at most {MAX_FRAME + 1}"),
-        (
-            num_episodes * max_length < 2**23,
-            "num_episodes * max_length must stay below 2**23 (float32-exact indices)",
-        ),
-        (0 <= num_cameras <= MAX_CAMERA + 1, f"num_cameras must be in [0, {MAX_CAMERA + 1}]"),
-        (height % 2 == 0 and width % 2 == 0, "height and width must be even (yuv420p)"),
-        (fps >= 1, "fps must be >= 1"),
-        (codec in _ENCODERS, f"codec must be one of {sorted(_ENCODERS)}"),
-        (gop >= 1, "gop must be >= 1"),
-        (state_dim >= 3, "state_dim must be >= 3 (episode, frame, index)"),
-        (action_dim >= 1, "action_dim must be >= 1"),
-        (num_tasks >= 1, "num_tasks must be >= 1"),
-        (data_files_size_in_mb > 0, "data_files_size_in_mb must be > 0"),
-        (video_files_size_in_mb > 0, "video_files_size_in_mb must be > 0"),
-        (chunks_size >= 1, "chunks_size must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-    if num_cameras:
-        cell_size(height, width)  # raises a clear ValueError when the code cannot fit
+@dataclass(frozen=True)
+class _Spec:
+    """The options of :func:`generate_synthetic_dataset` that shape the dataset, in one value."""
+
+    num_episodes: int
+    min_length: int
+    max_length: int
+    num_cameras: int
+    height: int
+    width: int
+    fps: int
+    codec: str
+    gop: int
+    state_dim: int
+    action_dim: int
+    num_tasks: int
+    data_files_size_in_mb: float
+    video_files_size_in_mb: float
+    chunks_size: int
+
+    def validate(self) -> None:
+        """Reject options the format or the identity codes cannot represent, before any work."""
+        checks = [
+            (
+                1 <= self.num_episodes <= MAX_EPISODE + 1,
+                f"num_episodes must be in [1, {MAX_EPISODE + 1}]",
+            ),
+            (1 <= self.min_length <= self.max_length, "need 1 <= min_length <= max_length"),
+            (self.max_length <= MAX_FRAME + 1, f"max_length must be at most {MAX_FRAME + 1}"),
+            (
+                self.num_episodes * self.max_length < 2**23,
+                "num_episodes * max_length must stay below 2**23 (float32-exact indices)",
+            ),
+            (
+                0 <= self.num_cameras <= MAX_CAMERA + 1,
+                f"num_cameras must be in [0, {MAX_CAMERA + 1}]",
+            ),
+            (
+                self.height % 2 == 0 and self.width % 2 == 0,
+                "height and width must be even (yuv420p)",
+            ),
+            (self.fps >= 1, "fps must be >= 1"),
+            (self.codec in _ENCODERS, f"codec must be one of {sorted(_ENCODERS)}"),
+            (self.gop >= 1, "gop must be >= 1"),
+            (self.state_dim >= 3, "state_dim must be >= 3 (episode, frame, index)"),
+            (self.action_dim >= 1, "action_dim must be >= 1"),
+            (self.num_tasks >= 1, "num_tasks must be >= 1"),
+            (self.data_files_size_in_mb > 0, "data_files_size_in_mb must be > 0"),
+            (self.video_files_size_in_mb > 0, "video_files_size_in_mb must be > 0"),
+            (self.chunks_size >= 1, "chunks_size must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.num_cameras:
+            cell_size(self.height, self.width)  # raises a clear ValueError when the code cannot fit
 
 
 def _run_jobs(jobs: list[_SegmentJob], workers: int, progress: bool) -> Iterator[_Segment]:
@@ -412,7 +425,7 @@ def generate_synthetic_dataset(
     encode in parallel (default: every CPU). The dataset is built in a sibling folder and
     moved into place at the end, so a failure leaves no half-written dataset at ``root``.
     """
-    _validate(
+    spec = _Spec(
         num_episodes,
         min_length,
         max_length,
@@ -429,6 +442,7 @@ def generate_synthetic_dataset(
         video_files_size_in_mb,
         chunks_size,
     )
+    spec.validate()
     root = Path(root).expanduser().absolute()
     _prepare_root(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -437,24 +451,7 @@ def generate_synthetic_dataset(
     lengths = [int(n) for n in rng.integers(min_length, max_length + 1, size=num_episodes)]
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.synth-", dir=root.parent))
     try:
-        _write_dataset(
-            staging,
-            lengths=lengths,
-            num_cameras=num_cameras,
-            height=height,
-            width=width,
-            fps=fps,
-            codec=codec,
-            gop=gop,
-            state_dim=state_dim,
-            action_dim=action_dim,
-            num_tasks=num_tasks,
-            data_files_size_in_mb=data_files_size_in_mb,
-            video_files_size_in_mb=video_files_size_in_mb,
-            chunks_size=chunks_size,
-            workers=workers,
-            progress=progress,
-        )
+        _write_dataset(staging, spec, lengths=lengths, workers=workers, progress=progress)
         if root.exists():
             shutil.rmtree(root)
         staging.rename(root)
@@ -465,29 +462,13 @@ def generate_synthetic_dataset(
 
 
 def _write_dataset(
-    root: Path,
-    *,
-    lengths: list[int],
-    num_cameras: int,
-    height: int,
-    width: int,
-    fps: int,
-    codec: str,
-    gop: int,
-    state_dim: int,
-    action_dim: int,
-    num_tasks: int,
-    data_files_size_in_mb: float,
-    video_files_size_in_mb: float,
-    chunks_size: int,
-    workers: int,
-    progress: bool,
+    root: Path, spec: _Spec, *, lengths: list[int], workers: int, progress: bool
 ) -> None:
     """Write every file of the dataset into the (empty) folder ``root``."""
     num_episodes = len(lengths)
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    cameras = [camera_key(k) for k in range(num_cameras)]
-    features = _features(cameras, height, width, fps, codec, state_dim, action_dim)
+    cameras = [camera_key(k) for k in range(spec.num_cameras)]
+    features = _features(cameras, spec)
 
     # Videos: encode every (episode, camera) in parallel, then concatenate per camera.
     segment_dir = root / ".segments"
@@ -497,15 +478,15 @@ def _write_dataset(
             e,
             k,
             lengths[e],
-            height,
-            width,
-            fps,
-            codec,
-            gop,
+            spec.height,
+            spec.width,
+            spec.fps,
+            spec.codec,
+            spec.gop,
             str(segment_dir / f"ep{e:06d}-cam{k:02d}.mp4"),
         )
         for e in range(num_episodes)
-        for k in range(num_cameras)
+        for k in range(spec.num_cameras)
     ]
     segments: dict[tuple[int, int], _Segment] = {}
     for segment in _run_jobs(jobs, workers, progress):
@@ -518,9 +499,9 @@ def _write_dataset(
     columns: dict[str, list[Any]] = {}
     video_files: dict[Path, list[_Segment]] = {}
     for k, key in enumerate(cameras):
-        limit = video_files_size_in_mb * (1 + CAMERA_FILE_FACTOR * k) * 1024 * 1024
+        limit = spec.video_files_size_in_mb * (1 + CAMERA_FILE_FACTOR * k) * 1024 * 1024
         row = [segments[e, k] for e in range(num_episodes)]
-        placement = _assign_files((s.size for s in row), limit, chunks_size)
+        placement = _assign_files((s.size for s in row), limit, spec.chunks_size)
         frames_before = 0
         for e, (chunk, file, position) in enumerate(placement):
             frames_before = 0 if position == 0 else frames_before
@@ -528,27 +509,24 @@ def _write_dataset(
             video_files.setdefault(path, []).append(row[e])
             columns.setdefault(f"videos/{key}/chunk_index", []).append(chunk)
             columns.setdefault(f"videos/{key}/file_index", []).append(file)
-            columns.setdefault(f"videos/{key}/from_timestamp", []).append(frames_before / fps)
+            columns.setdefault(f"videos/{key}/from_timestamp", []).append(frames_before / spec.fps)
             frames_before += lengths[e]
-            columns.setdefault(f"videos/{key}/to_timestamp", []).append(frames_before / fps)
+            columns.setdefault(f"videos/{key}/to_timestamp", []).append(frames_before / spec.fps)
     with tqdm(
         total=len(video_files), desc="writing videos", unit="file", disable=not progress
     ) as bar:
         for path, parts in video_files.items():
-            _concat_segments(parts, path, fps)
+            _concat_segments(parts, path, spec.fps)
             bar.update()
     shutil.rmtree(segment_dir)
 
     # Tabular data: one table per episode, one row group per episode.
-    tables = [
-        _episode_table(e, int(starts[e]), lengths[e], e % num_tasks, fps, state_dim, action_dim)
-        for e in range(num_episodes)
-    ]
+    tables = [_episode_table(e, int(starts[e]), lengths[e], spec) for e in range(num_episodes)]
     schema = tables[0].schema.with_metadata(
         {"huggingface": json.dumps({"info": {"features": _hf_features(features)}})}
     )
-    limit = data_files_size_in_mb * 1024 * 1024
-    placement = _assign_files((t.nbytes for t in tables), limit, chunks_size)
+    limit = spec.data_files_size_in_mb * 1024 * 1024
+    placement = _assign_files((t.nbytes for t in tables), limit, spec.chunks_size)
     writer: pq.ParquetWriter | None = None
     for e, (chunk, file, position) in enumerate(placement):
         if position == 0:
@@ -571,23 +549,23 @@ def _write_dataset(
     for k, key in enumerate(cameras):
         for e in range(num_episodes):
             episode_stats[e][key] = _image_stats([segments[e, k].stats])
-    _write_episodes(root, lengths, starts, num_tasks, columns, episode_stats, cameras)
+    _write_episodes(root, lengths, starts, spec.num_tasks, columns, episode_stats, cameras)
     stats = _table_stats(pa.concat_tables(tables), quantiles=True)
     for k, key in enumerate(cameras):
         stats[key] = _image_stats([segments[e, k].stats for e in range(num_episodes)])
     (root / "meta").mkdir(exist_ok=True)
     (root / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
-    _write_tasks(root, num_tasks)
+    _write_tasks(root, spec.num_tasks)
     info = {
         "codebase_version": "v3.0",
         "robot_type": ROBOT_TYPE,
         "total_episodes": num_episodes,
         "total_frames": int(starts[-1]),
-        "total_tasks": num_tasks,
-        "chunks_size": chunks_size,
-        "data_files_size_in_mb": data_files_size_in_mb,
-        "video_files_size_in_mb": video_files_size_in_mb,
-        "fps": fps,
+        "total_tasks": spec.num_tasks,
+        "chunks_size": spec.chunks_size,
+        "data_files_size_in_mb": spec.data_files_size_in_mb,
+        "video_files_size_in_mb": spec.video_files_size_in_mb,
+        "fps": spec.fps,
         "splits": {"train": f"0:{num_episodes}"},
         "data_path": DATA_PATH,
         "video_path": VIDEO_PATH if cameras else None,
@@ -596,36 +574,32 @@ def _write_dataset(
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
 
 
-def _features(
-    cameras: list[str],
-    height: int,
-    width: int,
-    fps: int,
-    codec: str,
-    state_dim: int,
-    action_dim: int,
-) -> dict[str, dict[str, Any]]:
+def _features(cameras: list[str], spec: _Spec) -> dict[str, dict[str, Any]]:
     """The ``features`` block of info.json; names document the tabular identity code."""
     state_names = ["episode_index", "frame_index", "index"]
-    state_names += [f"sin_{j}" for j in range(3, state_dim)]
+    state_names += [f"sin_{j}" for j in range(3, spec.state_dim)]
     action_names = ["index_plus_half", "episode_index", "frame_index"]
-    action_names += [f"cos_{j}" for j in range(3, action_dim)]
+    action_names += [f"cos_{j}" for j in range(3, spec.action_dim)]
     features: dict[str, dict[str, Any]] = {
-        "action": {"dtype": "float32", "shape": [action_dim], "names": action_names[:action_dim]},
-        "observation.state": {"dtype": "float32", "shape": [state_dim], "names": state_names},
+        "action": {
+            "dtype": "float32",
+            "shape": [spec.action_dim],
+            "names": action_names[: spec.action_dim],
+        },
+        "observation.state": {"dtype": "float32", "shape": [spec.state_dim], "names": state_names},
     }
     for key in cameras:
         features[key] = {
             "dtype": "video",
-            "shape": [height, width, 3],
+            "shape": [spec.height, spec.width, 3],
             "names": ["height", "width", "channels"],
             "info": {
-                "video.height": height,
-                "video.width": width,
-                "video.codec": codec,
+                "video.height": spec.height,
+                "video.width": spec.width,
+                "video.codec": spec.codec,
                 "video.pix_fmt": "yuv420p",
                 "video.is_depth_map": False,
-                "video.fps": fps,
+                "video.fps": spec.fps,
                 "video.channels": 3,
                 "has_audio": False,
             },
@@ -636,9 +610,7 @@ def _features(
     return features
 
 
-def _episode_table(
-    episode: int, start: int, length: int, task: int, fps: int, state_dim: int, action_dim: int
-) -> pa.Table:
+def _episode_table(episode: int, start: int, length: int, spec: _Spec) -> pa.Table:
     """The data rows of one episode, with LeRobot's column order and types."""
     frames = np.arange(length, dtype=np.int64)
     index = start + frames
@@ -649,13 +621,13 @@ def _episode_table(
 
     return pa.table(
         {
-            "action": vectors(action_rows(episode, frames, index, action_dim)),
-            "observation.state": vectors(state_rows(episode, frames, index, state_dim)),
-            "timestamp": pa.array((frames / fps).astype(np.float32)),
+            "action": vectors(action_rows(episode, frames, index, spec.action_dim)),
+            "observation.state": vectors(state_rows(episode, frames, index, spec.state_dim)),
+            "timestamp": pa.array((frames / spec.fps).astype(np.float32)),
             "frame_index": pa.array(frames),
             "episode_index": pa.array(np.full(length, episode, dtype=np.int64)),
             "index": pa.array(index),
-            "task_index": pa.array(np.full(length, task, dtype=np.int64)),
+            "task_index": pa.array(np.full(length, episode % spec.num_tasks, dtype=np.int64)),
         }
     )
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from framestream._default_data import TINY_DATASET, synthetic_dataset
 from framestream._synth import generate_synthetic_dataset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -75,6 +76,12 @@ def long_root(tmp_path_factory) -> Path:
         video_files_size_in_mb=0.2,
         seed=3,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """The training example's --tiny dataset: 6 episodes, 2 cameras, several files per camera."""
+    return synthetic_dataset(TINY_DATASET, root=tmp_path_factory.mktemp("tiny"), progress=False)
 
 
 @pytest.fixture()

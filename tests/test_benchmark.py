@@ -53,34 +53,14 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from framestream._synth import generate_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("bench") / "ds"
-    generate_synthetic_dataset(
-        root,
-        num_episodes=6,
-        min_length=20,
-        max_length=40,
-        height=64,
-        width=96,
-        codec="h264",
-        data_files_size_in_mb=0.002,
-        video_files_size_in_mb=0.02,
-        workers=1,
-    )
-    return root
-
-
-@pytest.fixture(scope="module")
-def runs(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def runs(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The 2 x 2 matrix in one invocation (one JSON line per run on stdout)."""
     out = tmp_path_factory.mktemp("bench-out")
     cmd = [
         sys.executable,
         str(SCRIPT),
         "--root",
-        str(tiny),
+        str(tiny_root),
         "--mode",
         *sorted({m for m, _ in RUNS}, key=[m for m, _ in RUNS].index),
         "--num-workers",
@@ -205,13 +185,13 @@ def test_plot_writes_png(runs: dict, tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
-def test_framestream_bench_cli(tiny: Path) -> None:
+def test_framestream_bench_cli(tiny_root: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
         "framestream.cli",
         "bench",
-        str(tiny),
+        str(tiny_root),
         "--mode",
         "window",
         "--max-batches",
@@ -228,7 +208,7 @@ def test_framestream_bench_cli(tiny: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     (r,) = json.loads(proc.stdout)
-    assert r["root"] == str(tiny)
+    assert r["root"] == str(tiny_root)
     assert (r["batches"], r["samples"]) == (2, 2 * BATCH)
     assert r["window_length"] == 16
     assert r["delta_frames"]["action"] == list(range(16))

@@ -9,30 +9,8 @@ import pytest
 import torch
 
 from framestream import DatasetConfig, MapDataset, StreamingLeRobotDataset, make_dataset
-from framestream._default_data import synthetic_dataset
 from framestream.config import split_overrides
 from framestream.testing import decode_frame_id
-
-TINY = {
-    "num_episodes": 6,
-    "min_length": 20,
-    "max_length": 40,
-    "num_cameras": 2,
-    "height": 64,
-    "width": 96,
-    "fps": 30,
-    "codec": "h264",
-    "gop": 2,
-    "data_files_size_in_mb": 0.002,
-    "video_files_size_in_mb": 0.02,
-    "seed": 0,
-}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 6-episode multi-file dataset, generated once per session (shared by this suite)."""
-    return synthetic_dataset(TINY, root=tmp_path_factory.getbasetemp() / "fs-tiny", progress=False)
 
 
 # ----------------------------------------------------------------------------- files
@@ -150,9 +128,9 @@ def test_url_from_root_or_repo_id() -> None:
 
 
 # ----------------------------------------------------------------------------- make_dataset
-def test_make_dataset_streaming_uses_the_config(tiny: Path) -> None:
+def test_make_dataset_streaming_uses_the_config(tiny_root: Path) -> None:
     cfg = DatasetConfig(
-        root=str(tiny),
+        root=str(tiny_root),
         episodes=[4, 1],
         streaming_buffer_size=7,
         streaming_active_shards=2,
@@ -172,8 +150,8 @@ def test_make_dataset_streaming_uses_the_config(tiny: Path) -> None:
     assert ds.episodes.tolist() == [4, 1]
 
 
-def test_make_dataset_map_style_matches_streaming(tiny: Path) -> None:
-    cfg = DatasetConfig(root=str(tiny), episodes=[2], return_uint8=True, shuffle=False)
+def test_make_dataset_map_style_matches_streaming(tiny_root: Path) -> None:
+    cfg = DatasetConfig(root=str(tiny_root), episodes=[2], return_uint8=True, shuffle=False)
     map_ds = make_dataset(cfg.replace(streaming=False))
     assert isinstance(map_ds, MapDataset)
     stream = list(make_dataset(cfg))
@@ -186,9 +164,9 @@ def test_make_dataset_map_style_matches_streaming(tiny: Path) -> None:
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_stream_is_whole_epoch_whatever_num_workers(tiny: Path, num_workers: int) -> None:
+def test_stream_is_whole_epoch_whatever_num_workers(tiny_root: Path, num_workers: int) -> None:
     """The buffer comes from streaming_buffer_size: num_workers=0 still yields every frame."""
-    cfg = DatasetConfig(root=str(tiny), streaming_buffer_size=16, return_uint8=True)
+    cfg = DatasetConfig(root=str(tiny_root), streaming_buffer_size=16, return_uint8=True)
     ds = make_dataset(cfg)
     loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=num_workers)
     indices: list[int] = []

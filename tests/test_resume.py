@@ -10,9 +10,8 @@ import pytest
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from framestream import StateDictError, StreamingLeRobotDataset
+from framestream import StateDictError, StreamingLeRobotDataset, merge_states
 from framestream._meta import DatasetMeta
-from framestream import merge_states
 from framestream.testing import decode_frame_id
 
 BATCH = 4

@@ -115,6 +115,19 @@ def _write_episodes_column(root: Path, name: str, episode: int, value: float) ->
     pq.write_table(table.set_column(i, table.field(i), pa.array(values)), path)
 
 
+def _episode_level(episode: int, match: list[str], check: str) -> Outcome:
+    """A data error that fails the whole episode from its first frame, naming no frame."""
+    return Outcome(
+        frozenset({episode}),
+        DatasetFormatError,
+        match,
+        check,
+        bad_frame=(episode, 0),
+        episode_in_message=episode,
+        names_frame=False,
+    )
+
+
 def truncated_mp4(root: Path, meta: DatasetMeta) -> Outcome:
     """A video cut to 60% of its bytes: its index (moov, written last) is gone."""
     key = meta.video_keys[0]
@@ -219,15 +232,7 @@ def missing_data_file(root: Path, meta: DatasetMeta) -> Outcome:
     episode = 5
     rel = meta.data_file(episode)
     (root / rel).unlink()
-    return Outcome(
-        frozenset({episode}),
-        DatasetFormatError,
-        [rel, "not found"],
-        "missing_file",
-        bad_frame=(episode, 0),
-        episode_in_message=episode,
-        names_frame=False,
-    )
+    return _episode_level(episode, [rel, "not found"], "missing_file")
 
 
 def truncated_parquet(root: Path, meta: DatasetMeta) -> Outcome:
@@ -236,15 +241,7 @@ def truncated_parquet(root: Path, meta: DatasetMeta) -> Outcome:
     rel = meta.data_file(episode)
     path = root / rel
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    return Outcome(
-        frozenset({episode}),
-        DatasetFormatError,
-        [rel, "parquet"],
-        "data",
-        bad_frame=(episode, 0),
-        episode_in_message=episode,
-        names_frame=False,
-    )
+    return _episode_level(episode, [rel, "parquet"], "data")
 
 
 def corrupt_row_group(root: Path, meta: DatasetMeta) -> Outcome:
@@ -258,15 +255,7 @@ def corrupt_row_group(root: Path, meta: DatasetMeta) -> Outcome:
     raw = bytearray(path.read_bytes())
     raw[col.data_page_offset : col.data_page_offset + 32] = bytes(32)
     path.write_bytes(bytes(raw))
-    return Outcome(
-        frozenset({episode}),
-        DatasetFormatError,
-        [rel, "cannot read rows"],
-        "data",
-        bad_frame=(episode, 0),
-        episode_in_message=episode,
-        names_frame=False,
-    )
+    return _episode_level(episode, [rel, "cannot read rows"], "data")
 
 
 def codec_mismatch(root: Path, meta: DatasetMeta) -> Outcome:
@@ -315,15 +304,7 @@ def nan_state(root: Path, meta: DatasetMeta) -> Outcome:
     values[hit, 1] = np.nan
     arr = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel(), pa.float32()), values.shape[1])
     pq.write_table(table.set_column(i, table.field(i), arr), root / rel)
-    return Outcome(
-        frozenset({episode}),
-        DatasetFormatError,
-        [rel, "observation.state", "NaN"],
-        "nan",
-        bad_frame=(episode, 0),
-        episode_in_message=episode,
-        names_frame=False,
-    )
+    return _episode_level(episode, [rel, "observation.state", "NaN"], "nan")
 
 
 BREAKS = {

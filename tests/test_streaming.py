@@ -34,8 +34,9 @@ def test_ranks_and_workers_cover_the_epoch_once(small_root, world_size, num_work
     meta = DatasetMeta(str(small_root))
     got = Counter()
     for rank in range(world_size):
-        ds = StreamingLeRobotDataset(str(small_root), rank=rank, world_size=world_size,
-                                     return_uint8=True, seed=7, meta=meta)
+        ds = StreamingLeRobotDataset(
+            str(small_root), rank=rank, world_size=world_size, return_uint8=True, seed=7, meta=meta
+        )
         for s in stream(ds, num_workers):
             check_frames(s, meta.video_keys)
             got[int(s["index"])] += 1
@@ -50,8 +51,11 @@ def test_more_workers_than_episodes_and_files(small_root):
     plans = [ds.plan(worker=w, num_workers=4) for w in range(4)]
     assert all(p.num_samples > 0 for p in plans)
     got = [int(s["index"]) for s in stream(ds, 4)]
-    want = [i for e in (3, 5) for i in range(int(meta.episodes.from_index[e]),
-                                             int(meta.episodes.to_index[e]))]
+    want = [
+        i
+        for e in (3, 5)
+        for i in range(int(meta.episodes.from_index[e]), int(meta.episodes.to_index[e]))
+    ]
     assert sorted(got) == want
 
 
@@ -59,8 +63,9 @@ def test_even_ranks_equal_counts_flagged(small_root):
     meta = DatasetMeta(str(small_root))
     per_rank, real = [], Counter()
     for rank in range(3):
-        ds = StreamingLeRobotDataset(str(small_root), rank=rank, world_size=3, even_ranks=True,
-                                     return_uint8=True, meta=meta)
+        ds = StreamingLeRobotDataset(
+            str(small_root), rank=rank, world_size=3, even_ranks=True, return_uint8=True, meta=meta
+        )
         samples = stream(ds, 2)
         per_rank.append(len(samples))
         assert len(samples) == ds.num_samples(num_workers=2)
@@ -78,8 +83,10 @@ def test_rank_from_environment(small_root, monkeypatch):
     ds = StreamingLeRobotDataset(str(small_root), return_uint8=True)
     assert ds.rank_and_world_size() == (1, 2)
     mine = {int(s["index"]) for s in ds}
-    other = {int(s["index"]) for s in StreamingLeRobotDataset(str(small_root), rank=0,
-                                                                world_size=2, return_uint8=True)}
+    other = {
+        int(s["index"])
+        for s in StreamingLeRobotDataset(str(small_root), rank=0, world_size=2, return_uint8=True)
+    }
     assert mine and other and not mine & other
 
 
@@ -110,8 +117,7 @@ def test_parity_with_map_241_frame_window(long_root):
     dt = {k: deltas for k in [*meta.video_keys, "observation.state"]}
     dt["action"] = (np.arange(0, 16) / meta.fps).tolist()
     ref = MapDataset(str(long_root), return_uint8=True, delta_timestamps=dt)
-    ds = StreamingLeRobotDataset(str(long_root), return_uint8=True, delta_timestamps=dt,
-                                 meta=meta)
+    ds = StreamingLeRobotDataset(str(long_root), return_uint8=True, delta_timestamps=dt, meta=meta)
     assert ds.window.lookback == 120 and ds.window.lookahead == 120
     rng = np.random.default_rng(0)
     check = set(rng.choice(meta.total_frames, 80, replace=False).tolist())
@@ -128,10 +134,13 @@ def test_parity_with_map_241_frame_window(long_root):
 def test_decoded_frames_never_exceed_distinct_needed(small_root):
     meta = DatasetMeta(str(small_root))
     fps = meta.fps
-    dt = {"observation.images.cam0": [-6 / fps, -3 / fps, 0.0],
-          "observation.images.cam1": [0.0, 4 / fps]}
-    ds = StreamingLeRobotDataset(str(small_root), return_uint8=True, delta_timestamps=dt,
-                                 meta=meta, seed=5)
+    dt = {
+        "observation.images.cam0": [-6 / fps, -3 / fps, 0.0],
+        "observation.images.cam1": [0.0, 4 / fps],
+    }
+    ds = StreamingLeRobotDataset(
+        str(small_root), return_uint8=True, delta_timestamps=dt, meta=meta, seed=5
+    )
     samples = list(ds)
     needed = 0
     for deltas in dt.values():
@@ -166,8 +175,9 @@ def test_shuffle_decorrelates_consecutive_samples(ds40_root):
 
 def test_batches_mix_episodes_like_a_perfect_shuffle(ds40_root):
     meta = DatasetMeta(str(ds40_root))
-    ds = StreamingLeRobotDataset(str(ds40_root), return_uint8=True, seed=4, active_shards=32,
-                                 meta=meta)
+    ds = StreamingLeRobotDataset(
+        str(ds40_root), return_uint8=True, seed=4, active_shards=32, meta=meta
+    )
     eps = [int(s["episode_index"]) for s in ds]
     batch = 32
     distinct = [len(set(eps[i : i + batch])) for i in range(0, len(eps) - batch + 1, batch)]
@@ -180,10 +190,14 @@ def test_shuffle_false_gives_episodes_and_frames_in_order(small_root):
     meta = DatasetMeta(str(small_root))
     ds = StreamingLeRobotDataset(str(small_root), shuffle=False, return_uint8=True, meta=meta)
     got = [(int(s["episode_index"]), int(s["frame_index"])) for s in ds]
-    assert got == [(int(e), f) for e, n in zip(meta.episodes.episode_index, meta.episodes.length,
-                                               strict=True) for f in range(n)]
-    ds = StreamingLeRobotDataset(str(small_root), shuffle=False, episodes=[4, 0, 2],
-                                 return_uint8=True, meta=meta)
+    assert got == [
+        (int(e), f)
+        for e, n in zip(meta.episodes.episode_index, meta.episodes.length, strict=True)
+        for f in range(n)
+    ]
+    ds = StreamingLeRobotDataset(
+        str(small_root), shuffle=False, episodes=[4, 0, 2], return_uint8=True, meta=meta
+    )
     assert [e for e, _ in dict.fromkeys((int(s["episode_index"]), 0) for s in ds)] == [4, 0, 2]
 
 
@@ -221,8 +235,9 @@ def test_decoder_cache_counters_and_stats_across_workers(small_root):
     assert st["cache_evictions"] == 0
     assert st["decoded_frames"] == 2 * meta.total_frames
     # a cache too small for the open episodes thrashes, and the counters show it
-    tiny = StreamingLeRobotDataset(str(small_root), return_uint8=True, meta=meta,
-                                   video_decoder_cache_size=1)
+    tiny = StreamingLeRobotDataset(
+        str(small_root), return_uint8=True, meta=meta, video_decoder_cache_size=1
+    )
     list(tiny)
     assert tiny.stats()["cache_evictions"] > 0
     assert tiny.stats()["cache_hit_rate"] < st["cache_hit_rate"]

@@ -22,31 +22,10 @@ from pathlib import Path
 import pytest
 
 from framestream import DatasetMeta
-from framestream._default_data import synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "scaling" / "check_distributed_split.py"
 TIMEOUT_S = 240
-
-TINY = {
-    "num_episodes": 6,
-    "min_length": 20,
-    "max_length": 40,
-    "num_cameras": 2,
-    "height": 64,
-    "width": 96,
-    "fps": 30,
-    "codec": "h264",
-    "gop": 2,
-    "data_files_size_in_mb": 0.002,
-    "video_files_size_in_mb": 0.02,
-    "seed": 0,
-}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic_dataset(TINY, root=tmp_path_factory.getbasetemp() / "fs-tiny", progress=False)
 
 
 def free_port() -> int:
@@ -131,7 +110,7 @@ def check_case(per_rank: list[dict], meta: DatasetMeta, expected: set[int]) -> N
 
 
 @pytest.mark.timeout(TIMEOUT_S + 60)
-def test_two_ranks_split_one_epoch(tiny: Path, tmp_path: Path) -> None:
+def test_two_ranks_split_one_epoch(tiny_root: Path, tmp_path: Path) -> None:
     """Shuffled epoch over 6 episodes, 0 and 2 workers per rank, with and without even_ranks;
     then a single episode for 2 ranks x 2 workers (cut inside the episode, nobody empty).
     One launch for all cases: starting processes is the expensive part."""
@@ -139,7 +118,7 @@ def test_two_ranks_split_one_epoch(tiny: Path, tmp_path: Path) -> None:
         tmp_path / "split",
         [
             "--root",
-            str(tiny),
+            str(tiny_root),
             "--num-workers",
             "0",
             "2",
@@ -154,7 +133,7 @@ def test_two_ranks_split_one_epoch(tiny: Path, tmp_path: Path) -> None:
             json.dumps({"num_workers": 2, "even_ranks": True, "episodes": [3], "shuffle": False}),
         ],
     )
-    meta = DatasetMeta(str(tiny))
+    meta = DatasetMeta(str(tiny_root))
     everything = set(range(meta.total_frames))
     cases = [(c["num_workers"], c["even_ranks"]) for c in results[0]["cases"]]
     assert cases == [(0, False), (2, False), (0, True), (2, True), (2, True)]

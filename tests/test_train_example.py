@@ -24,31 +24,10 @@ import pytest
 import yaml
 
 from framestream import StreamingLeRobotDataset
-from framestream._default_data import synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "scaling" / "train_streaming_multinode.py"
 TIMEOUT_S = 240
-
-TINY = {
-    "num_episodes": 6,
-    "min_length": 20,
-    "max_length": 40,
-    "num_cameras": 2,
-    "height": 64,
-    "width": 96,
-    "fps": 30,
-    "codec": "h264",
-    "gop": 2,
-    "data_files_size_in_mb": 0.002,
-    "video_files_size_in_mb": 0.02,
-    "seed": 0,
-}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic_dataset(TINY, root=tmp_path_factory.getbasetemp() / "fs-tiny", progress=False)
 
 
 def _env() -> dict[str, str]:
@@ -109,9 +88,9 @@ COMMON = ["--batch-size", "4", "--log-every", "2", "--action-horizon", "4"]
 
 
 @pytest.mark.timeout(4 * TIMEOUT_S)
-def test_stop_and_resume_single_process_with_workers(tiny: Path, tmp_path: Path) -> None:
+def test_stop_and_resume_single_process_with_workers(tiny_root: Path, tmp_path: Path) -> None:
     """2 DataLoader workers (StatefulDataLoader state): stop at step 3 and resume to step 6."""
-    args = [*COMMON, "--root", str(tiny), "--num-workers", "2"]
+    args = [*COMMON, "--root", str(tiny_root), "--num-workers", "2"]
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "interrupted"
     run_example([*args, "--max-steps", "6", "--output-dir", str(ref_dir),
                  "--log-samples", str(ref_dir / "samples.jsonl")])  # fmt: skip
@@ -130,7 +109,7 @@ def test_stop_and_resume_single_process_with_workers(tiny: Path, tmp_path: Path)
 
 @pytest.mark.slow  # ~25 s of CPU: two launches of 2 processes (CI runs it in its slow step)
 @pytest.mark.timeout(3 * TIMEOUT_S)
-def test_resume_two_processes(tiny: Path, tmp_path: Path) -> None:
+def test_resume_two_processes(tiny_root: Path, tmp_path: Path) -> None:
     """2 processes (Accelerate + gloo on CPU, DDP): resume from the step-3 checkpoint of a run
     that went on to step 6, and compare each rank's steps 4-6 with that run's."""
     pytest.importorskip("accelerate")
@@ -144,7 +123,7 @@ def test_resume_two_processes(tiny: Path, tmp_path: Path) -> None:
                 "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
                 "--main_process_port", str(port)]  # fmt: skip
 
-    args = [*COMMON, "--root", str(tiny), "--num-workers", "0"]
+    args = [*COMMON, "--root", str(tiny_root), "--num-workers", "0"]
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "resumed"
     log = run_example(
         [*args, "--max-steps", "6", "--checkpoint-every", "3", "--output-dir", str(ref_dir),
@@ -175,10 +154,10 @@ def test_resume_two_processes(tiny: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(2 * TIMEOUT_S)
-def test_sigterm_checkpoints_at_a_step_boundary(tiny: Path, tmp_path: Path) -> None:
+def test_sigterm_checkpoints_at_a_step_boundary(tiny_root: Path, tmp_path: Path) -> None:
     """SIGTERM (SLURM's time limit / preemption) saves the stream at a step boundary."""
     out = tmp_path / "run"
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--root", str(tiny), "--epochs", "1000",
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--root", str(tiny_root), "--epochs", "1000",
            "--log-every", "1", "--output-dir", str(out),
            "--log-samples", str(out / "before.jsonl")]  # fmt: skip
     proc = subprocess.Popen(
@@ -216,15 +195,15 @@ def test_sigterm_checkpoints_at_a_step_boundary(tiny: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.timeout(4 * TIMEOUT_S)
-def test_resume_at_epoch_boundaries(tiny: Path, tmp_path: Path) -> None:
+def test_resume_at_epoch_boundaries(tiny_root: Path, tmp_path: Path) -> None:
     """Data only (--dummy), 2 workers. Run 1 ends with its epoch; run 2 resumes into epoch 1
     and stops (--max-steps) exactly on that epoch's last batch; run 3 resumes into epoch 2.
     Each resumed run must stream one whole new epoch: no epoch skipped, none replayed."""
     out = tmp_path / "run"
-    args = ["--dummy", "--root", str(tiny), "--batch-size", "32", "--num-workers", "2",
+    args = ["--dummy", "--root", str(tiny_root), "--batch-size", "32", "--num-workers", "2",
             "--log-every", "0", "--output-dir", str(out)]  # fmt: skip
     # Batches per epoch: the workers' shares change with the epoch's episode order.
-    plan_of = StreamingLeRobotDataset(str(tiny), seed=0)  # the script's seed and shuffle
+    plan_of = StreamingLeRobotDataset(str(tiny_root), seed=0)  # the script's seed and shuffle
 
     def batches(epoch: int) -> int:
         shares = [plan_of.plan(worker=w, num_workers=2, epoch=epoch).num_samples for w in (0, 1)]
@@ -234,7 +213,7 @@ def test_resume_at_epoch_boundaries(tiny: Path, tmp_path: Path) -> None:
     run_example([*args, "--epochs", "3", "--max-steps", str(batches(0) + batches(1)), "--resume",
                  "--log-samples", str(out / "e1.jsonl")])  # fmt: skip
     run_example([*args, "--epochs", "3", "--resume", "--log-samples", str(out / "e2.jsonl")])
-    total = int(json.loads((tiny / "meta" / "info.json").read_text())["total_frames"])
+    total = int(json.loads((tiny_root / "meta" / "info.json").read_text())["total_frames"])
     epochs = [read_log(out / f"e{k}.jsonl") for k in range(3)]
     for number, records in enumerate(epochs):
         assert {r["epoch"] for r in records} == {number}
@@ -263,14 +242,14 @@ def run_chain(out: Path, base: list[str], runs: list[tuple[list[str], str | None
 
 @pytest.mark.slow  # ~35 s of CPU: six runs of the script
 @pytest.mark.timeout(6 * TIMEOUT_S)
-def test_resume_with_other_layouts_and_loaders(tiny: Path, tmp_path: Path) -> None:
+def test_resume_with_other_layouts_and_loaders(tiny_root: Path, tmp_path: Path) -> None:
     """Data only (--dummy); one epoch in several runs, each resuming the previous checkpoint.
     Chain 1: StatefulDataLoader with 2 workers -> 0 workers (elastic, merged states) -> a plain
     DataLoader with 0 workers (exact). Chain 2: a plain DataLoader with 2 workers, stopped and
     resumed (exact, rebuilt from the batches consumed). Each chain must read every frame of the
     epoch exactly once."""
-    total = int(json.loads((tiny / "meta" / "info.json").read_text())["total_frames"])
-    base = ["--dummy", "--root", str(tiny), "--batch-size", "8", "--log-every", "0",
+    total = int(json.loads((tiny_root / "meta" / "info.json").read_text())["total_frames"])
+    base = ["--dummy", "--root", str(tiny_root), "--batch-size", "8", "--log-every", "0",
             "--epochs", "1", "--resume"]  # fmt: skip
     chains = {
         "elastic": [

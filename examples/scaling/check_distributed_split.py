@@ -183,6 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = "OK" if not problems else "FAIL: " + "; ".join(problems)
             print(f"[split] world_size={world} {label} samples/rank={counts}: {status}")
             failed |= bool(problems)
+    if world > 1:
+        import torch.distributed as dist
+
+        # Tear the process group down before exit: gloo's threads destroyed at interpreter
+        # shutdown otherwise abort the process now and then ("terminate called without an
+        # active exception").
+        dist.barrier()
+        dist.destroy_process_group()
     return 1 if failed else 0
 
 

@@ -65,23 +65,8 @@ import torch
 from torch import nn
 
 from framestream import DatasetConfig, DatasetMeta, make_dataset
+from framestream._default_data import TINY_DATASET, synthetic_dataset
 from framestream.config import load_config_file, split_overrides
-
-# The quick dataset of --tiny: 6 episodes of 20-40 frames, 2 cameras at 64x96, h264.
-TINY_DATASET: dict[str, Any] = {
-    "num_episodes": 6,
-    "min_length": 20,
-    "max_length": 40,
-    "num_cameras": 2,
-    "height": 64,
-    "width": 96,
-    "fps": 30,
-    "codec": "h264",
-    "gop": 2,
-    "data_files_size_in_mb": 0.002,
-    "video_files_size_in_mb": 0.02,
-    "seed": 0,
-}
 
 # What the script changes from DatasetConfig's defaults (a config file or overrides win).
 SCRIPT_DATASET_DEFAULTS: dict[str, Any] = {"return_uint8": True}
@@ -486,8 +471,6 @@ def prepare_data(
     """The dataset config (with a synthetic root when none is given), its metadata, the dataset."""
     cfg, needs_synthetic = dataset_config(args, overrides, world_size=accelerator.num_processes)
     if needs_synthetic or args.tiny:
-        from framestream._default_data import synthetic_dataset
-
         params = dict(TINY_DATASET) if args.tiny else None
         if params is not None and args.synthetic_episodes is not None:
             params["num_episodes"] = args.synthetic_episodes
