@@ -10,6 +10,7 @@ The public surface is small; everything in a ``_module`` is private.
 - :func:`generate_synthetic_dataset`: a valid v3.0 dataset with identifiable frames.
 """
 
+from framestream._collate import collate
 from framestream._errors import (
     DatasetFormatError,
     EpisodeNotFoundError,
@@ -50,6 +51,7 @@ __all__ = [
     "TimestampToleranceError",
     "VideoDecodeError",
     "__version__",
+    "collate",
     "generate_synthetic_dataset",
     "make_dataset",
     "merge_states",

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from framestream._meta import DatasetMeta
-from framestream._sample import WindowSpec, build_sample, stack_chw
+from framestream._sample import WindowSpec, build_sample
 from framestream._source import Source
 from framestream._tabular import EpisodeData, TableReader, image_frames
 from framestream._video import DecoderCache, decode_episode_frames, resolve_backend
@@ -43,6 +43,7 @@ class MapDataset(torch.utils.data.Dataset):
         return_uint8: cameras as uint8 instead of float32 in [0, 1].
         image_transforms: applied to each camera tensor of a sample.
         video_backend: ``"torchcodec"``, ``"pyav"`` or None (torchcodec when it loads).
+        channels_last: cameras as channels-last views (see ``StreamingLeRobotDataset``).
     """
 
     def __init__(
@@ -57,7 +58,9 @@ class MapDataset(torch.utils.data.Dataset):
         video_backend: Literal["torchcodec", "pyav"] | None = None,
         storage_options: dict[str, Any] | None = None,
         meta: DatasetMeta | None = None,
+        channels_last: bool = False,
     ) -> None:
+        self.channels_last = channels_last
         self.meta = meta or DatasetMeta(Source(str(root), storage_options or {}))
         self.episodes = select_episodes(self.meta, episodes)
         self.tolerance_s = tolerance_s
@@ -111,7 +114,7 @@ class MapDataset(torch.utils.data.Dataset):
             self._episode_cache[episode] = ep
         return ep
 
-    def _camera_frames(self, ep: EpisodeData, key: str, idx: np.ndarray) -> torch.Tensor:
+    def _camera_frames(self, ep: EpisodeData, key: str, idx: np.ndarray) -> list[np.ndarray]:
         if self.meta.features[key].dtype == "image":
             return image_frames(ep, key, idx)
         if self._decoders is None:
@@ -131,7 +134,7 @@ class MapDataset(torch.utils.data.Dataset):
             fps=self.meta.fps,
         )
         arr = frames.numpy()
-        return stack_chw([arr[i] for i in inverse.reshape(-1)])
+        return [arr[i] for i in inverse.reshape(-1)]
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         episode, frame = self.locate(int(idx))
@@ -143,6 +146,7 @@ class MapDataset(torch.utils.data.Dataset):
             spec=self.window,
             camera_frames=lambda key, i: self._camera_frames(ep, key, i),
             return_uint8=self.return_uint8,
+            channels_last=self.channels_last,
             image_transforms=self.image_transforms,
         )
 

@@ -20,7 +20,7 @@ import torch
 from framestream._errors import FramestreamError
 from framestream._meta import DatasetMeta
 from framestream._plan import Segment
-from framestream._sample import WindowSpec, build_sample, stack_chw
+from framestream._sample import WindowSpec, build_sample
 from framestream._tabular import EpisodeData, TableReader, image_frames
 from framestream._video import DecoderCache, decode_episode_frames
 
@@ -64,6 +64,7 @@ class SegmentReader:
         return_uint8: bool,
         image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
         decode_chunk: int = 16,
+        channels_last: bool = False,
         cursor: int = 0,
         produced_pending: Sequence[int] = (),
     ) -> None:
@@ -72,6 +73,7 @@ class SegmentReader:
         self.tolerance_s, self.counters = tolerance_s, counters
         self.return_uint8, self.image_transforms = return_uint8, image_transforms
         self.decode_chunk = decode_chunk
+        self.channels_last = channels_last
         try:
             self.ep: EpisodeData = tables.read(segment.episode)
         except FramestreamError as exc:  # name the dataset, like errors of sample()
@@ -127,20 +129,22 @@ class SegmentReader:
         cam.next = stop
         self.counters.decoded_frames += len(todo)
 
-    def _frames(self, key: str, idx: np.ndarray) -> torch.Tensor:
+    def _frames(self, key: str, idx: np.ndarray) -> list[np.ndarray]:
         if self.meta.features[key].dtype == "image":
             return image_frames(self.ep, key, idx)
         self._ensure(key, int(idx.max()))
         store = self.cameras[key].store
-        return stack_chw([store[int(i)] for i in idx])
+        return [store[int(i)] for i in idx]
 
     def _release(self, frame: int) -> None:
+        last = self.ep.length - 1
         for key, cam in self.cameras.items():
-            idx = np.clip(frame + self.spec.frame_offsets(key), 0, self.ep.length - 1)
-            np.subtract.at(cam.counts, idx, 1)
-            for i in np.unique(idx).tolist():
-                if cam.counts[i] <= 0:
-                    cam.store.pop(i, None)
+            counts, store = cam.counts, cam.store
+            for off in self.spec.frame_offsets(key).tolist():
+                i = min(max(frame + off, 0), last)
+                counts[i] -= 1
+                if counts[i] <= 0:
+                    store.pop(i, None)
 
     def sample(self, frame: int) -> dict[str, Any]:
         """Assemble the sample of ``frame`` and release the frames only it still needed."""
@@ -166,6 +170,7 @@ class SegmentReader:
             spec=self.spec,
             camera_frames=self._frames,
             return_uint8=self.return_uint8,
+            channels_last=self.channels_last,
             image_transforms=self.image_transforms,
         )
 

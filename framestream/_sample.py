@@ -118,8 +118,24 @@ def stack_chw(frames: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def stack_frames(frames: Sequence[np.ndarray], *, channels_last: bool) -> torch.Tensor:
+    """HWC uint8 frames into a (T, C, H, W) tensor.
+
+    ``channels_last=False``: contiguous, one transposing copy per frame (:func:`stack_chw`).
+    ``channels_last=True``: a plain memcpy per frame into (T, H, W, C) memory, returned as a
+    (T, C, H, W) view with channels-last strides; several times cheaper for long windows,
+    and collated with one more memcpy by :func:`framestream.collate`.
+    """
+    if channels_last:
+        return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    return stack_chw(frames)
+
+
 def image_to_output(frames: torch.Tensor, *, return_uint8: bool) -> torch.Tensor:
-    """uint8 (N, C, H, W) frames to the output dtype: float32 in [0, 1] unless ``return_uint8``."""
+    """uint8 (N, C, H, W) frames to the output dtype: float32 in [0, 1] unless ``return_uint8``.
+
+    Both keep the input's memory layout (a channels-last view stays channels-last).
+    """
     return frames if return_uint8 else frames.to(torch.float32).div_(255.0)
 
 
@@ -129,14 +145,15 @@ def build_sample(
     *,
     meta: DatasetMeta,
     spec: WindowSpec,
-    camera_frames: Callable[[str, np.ndarray], torch.Tensor],
+    camera_frames: Callable[[str, np.ndarray], Sequence[np.ndarray]],
     return_uint8: bool,
     image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """The sample of ``frame`` of ``ep``.
 
-    ``camera_frames(key, episode_frame_indices)`` returns the uint8 ``(T, C, H, W)`` frames of
-    a camera at those (already clamped) indices (see :func:`stack_chw`).
+    ``camera_frames(key, episode_frame_indices)`` returns the uint8 HWC frames of a camera at
+    those (already clamped) indices; :func:`stack_frames` lays them out.
     """
     out: dict[str, Any] = {}
     length = ep.length
@@ -157,12 +174,14 @@ def build_sample(
     for key in meta.camera_keys:
         if key in spec.offsets:
             idx, pad = window_indices(frame, spec.offsets[key], length)
-            img = image_to_output(camera_frames(key, idx), return_uint8=return_uint8)
+            frames = stack_frames(camera_frames(key, idx), channels_last=channels_last)
+            img = image_to_output(frames, return_uint8=return_uint8)
             out[f"{key}_is_pad"] = torch.from_numpy(pad)
         else:
-            img = image_to_output(camera_frames(key, np.array([frame])), return_uint8=return_uint8)[
-                0
-            ]
+            frames = stack_frames(
+                camera_frames(key, np.array([frame])), channels_last=channels_last
+            )
+            img = image_to_output(frames, return_uint8=return_uint8)[0]
         if image_transforms is not None:
             img = image_transforms(img)
         out[key] = img

@@ -39,6 +39,10 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         delta_timestamps: ``{key: [seconds, ...]}`` windows; any length (no fixed ceiling).
         tolerance_s: the largest allowed gap between a queried and a decoded timestamp.
         image_transforms: applied to each camera tensor of a sample.
+        channels_last: cameras as (C, H, W) views of (H, W, C) memory: a memcpy per frame
+            instead of a transposing copy, several times cheaper for long windows. Collate
+            with :func:`framestream.collate` (the default collate would transpose them
+            back), and feed models that accept channels-last input (most conv nets do).
         return_uint8: cameras as uint8 (cheaper to move; convert on the GPU) instead of
             float32 in [0, 1].
         shuffle: mix samples of ``active_shards`` episodes through a reservoir. False gives
@@ -80,6 +84,7 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         tolerance_s: float = 1e-4,
         image_transforms: Callable[[torch.Tensor], torch.Tensor] | None = None,
         return_uint8: bool = False,
+        channels_last: bool = False,
         shuffle: bool = True,
         seed: int = 0,
         buffer_size: int = 1000,
@@ -126,6 +131,7 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         self.tolerance_s = tolerance_s
         self.image_transforms = image_transforms
         self.return_uint8 = return_uint8
+        self.channels_last = channels_last
         self.shuffle = shuffle
         self.seed = int(seed)
         self.buffer_size = buffer_size

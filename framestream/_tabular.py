@@ -171,7 +171,7 @@ class TableReader:
 
 
 def image_frames(ep: EpisodeData, key: str, indices: np.ndarray) -> Any:
-    """Decode ``image`` features (PNG/JPEG bytes stored in the parquet) to uint8 NCHW."""
+    """Decode ``image`` features (PNG/JPEG bytes stored in the parquet) to uint8 HWC frames."""
     import io
 
     from PIL import Image
@@ -186,6 +186,4 @@ def image_frames(ep: EpisodeData, key: str, indices: np.ndarray) -> Any:
             )
         with Image.open(io.BytesIO(raw)) as im:
             out.append(np.asarray(im.convert("RGB")))
-    from framestream._sample import stack_chw
-
-    return stack_chw(out)
+    return out

@@ -38,6 +38,7 @@ class BenchConfig:
     buffer_size: int = 1000
     active_shards: int = 8
     float: bool = False
+    channels_last: bool = False
     seed: int = 0
     prefetch_factor: int | None = None
     video_backend: str | None = None
@@ -132,6 +133,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--active-shards", type=int, default=8)
     p.add_argument(
         "--float", action="store_true", help="float32 cameras in [0, 1] (default: uint8)"
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last camera tensors collated by framestream.collate (a memcpy per "
+        "frame instead of a transposing copy; default: contiguous, the default collate)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prefetch-factor", type=int, default=None)

@@ -152,6 +152,10 @@ def stream_timed(
         "batch_size": cfg.batch_size,
         "num_workers": cfg.num_workers,
     }
+    if cfg.channels_last:
+        from framestream import collate
+
+        loader_kwargs["collate_fn"] = collate
     if cfg.num_workers > 0:
         loader_kwargs["persistent_workers"] = cfg.epochs > 1
         loader_kwargs["timeout"] = cfg.loader_timeout

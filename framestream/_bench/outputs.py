@@ -27,6 +27,7 @@ CSV_FIELDS = (
     "num_workers",
     "batch_size",
     "dtype",
+    "layout",
     "buffer_size",
     "active_shards",
     "seed",

@@ -153,6 +153,7 @@ def _run_one(
         meta=meta,
         delta_timestamps=deltas or None,
         return_uint8=not cfg.float,
+        channels_last=cfg.channels_last,
         seed=cfg.seed,
         buffer_size=cfg.buffer_size,
         active_shards=cfg.active_shards,
@@ -238,7 +239,7 @@ def _run_one(
     sample_vs = _ratio(sample_frames_node, ceil_fps)
     return {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "label": cfg.label or mode,
+        "label": cfg.label or (f"{mode}-cl" if cfg.channels_last else mode),
         "mode": mode,
         "source": cfg.source,
         "root": str(root),
@@ -246,6 +247,7 @@ def _run_one(
         "num_workers": cfg.num_workers,
         "batch_size": cfg.batch_size,
         "dtype": "float32" if cfg.float else "uint8",
+        "layout": "channels_last" if cfg.channels_last else "contiguous",
         "buffer_size": cfg.buffer_size,
         "active_shards": cfg.active_shards,
         "seed": cfg.seed,
