@@ -54,6 +54,7 @@ class DatasetConfig:
         delta_timestamps: ``{key: [seconds, ...]}`` windows (each a multiple of 1/fps).
         tolerance_s: the largest allowed gap between a queried and a decoded timestamp.
         return_uint8: cameras as uint8 (4x less to move; convert on the GPU).
+        channels_last: cameras as channels-last views; collate with ``framestream.collate``.
         video_backend: ``"torchcodec"``, ``"pyav"`` or None (torchcodec when it loads).
         storage_options: passed to fsspec (credentials, endpoint...).
         cache_dir, cache_max_bytes: the local byte cache remote files are read through
@@ -87,6 +88,7 @@ class DatasetConfig:
     delta_timestamps: dict[str, list[float]] | None = None
     tolerance_s: float = 1e-4
     return_uint8: bool = False
+    channels_last: bool = False
     video_backend: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
@@ -295,6 +297,7 @@ def make_dataset(
         "delta_timestamps": cfg.delta_timestamps,
         "tolerance_s": cfg.tolerance_s,
         "return_uint8": cfg.return_uint8,
+        "channels_last": cfg.channels_last,
         "image_transforms": image_transforms,
         "video_backend": cfg.video_backend,
         "storage_options": dict(cfg.storage_options),
@@ -345,6 +348,7 @@ _KIND: dict[str, str] = {
     "delta_timestamps": "deltas?",
     "tolerance_s": "float",
     "return_uint8": "bool",
+    "channels_last": "bool",
     "video_backend": "str?",
     "storage_options": "dict",
     "cache_dir": "path?",
