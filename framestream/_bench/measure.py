@@ -31,7 +31,10 @@ def touch(batch: Mapping[str, Any]) -> int:
     acc = 0
     for value in batch.values():
         if isinstance(value, torch.Tensor) and value.numel():
-            flat = value.reshape(-1)
+            # Walk the tensor in memory order (a channels-last batch is not contiguous in its
+            # logical order, and reshape(-1) would copy all of it).
+            order = sorted(range(value.dim()), key=lambda d: -value.stride(d))
+            flat = value.permute(order).reshape(-1)
             step = max(1, 4096 // value.element_size())
             acc += int(flat[::step].to(torch.int64).sum())
     return acc
