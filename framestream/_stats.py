@@ -10,6 +10,8 @@ from __future__ import annotations
 import multiprocessing as mp
 from typing import Any
 
+from framestream._cache import IO_FIELDS
+
 FIELDS = (
     "samples",
     "repeated_samples",
@@ -25,14 +27,7 @@ FIELDS = (
     "cache_hits",
     "cache_misses",
     "cache_evictions",
-    # remote sources (framestream._cache.IO_FIELDS): bytes and requests, byte-cache use
-    "bytes_fetched",
-    "remote_requests",
-    "remote_retries",
-    "byte_cache_hits",
-    "byte_cache_misses",
-    "byte_cache_evictions",
-    "byte_cache_bypass",
+    *IO_FIELDS,
 )
 MAX_SLOTS = 129  # worker ids 0..127 plus the main process
 
