@@ -152,10 +152,11 @@ def stream_timed(
     import torch
 
     loader_kwargs: dict[str, Any] = {
-        "batch_size": cfg.batch_size,
+        # with dataset-side batching the dataset already yields batches
+        "batch_size": None if cfg.dataset_batching else cfg.batch_size,
         "num_workers": cfg.num_workers,
     }
-    if cfg.channels_last:
+    if cfg.channels_last and not cfg.dataset_batching:
         from framestream import collate
 
         loader_kwargs["collate_fn"] = collate
