@@ -10,7 +10,7 @@ counted like any other decode.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,12 +146,10 @@ class SegmentReader:
                 if counts[i] <= 0:
                     store.pop(i, None)
 
-    def sample(
-        self, frame: int, camera_slots: Mapping[str, np.ndarray] | None = None
-    ) -> dict[str, Any]:
+    def sample(self, frame: int) -> dict[str, Any]:
         """Assemble the sample of ``frame`` and release the frames only it still needed."""
         try:
-            out = self._build(frame, camera_slots)
+            out = self._build(frame)
         except FramestreamError as exc:
             raise type(exc)(
                 f"dataset {self.meta.source.url}: episode {self.ep.episode}, frame {frame}: {exc}"
@@ -164,7 +162,7 @@ class SegmentReader:
             c.repeated_samples += 1
         return out
 
-    def _build(self, frame: int, camera_slots: Mapping[str, np.ndarray] | None) -> dict[str, Any]:
+    def _build(self, frame: int) -> dict[str, Any]:
         return build_sample(
             self.ep,
             frame,
@@ -173,7 +171,6 @@ class SegmentReader:
             camera_frames=self._frames,
             return_uint8=self.return_uint8,
             channels_last=self.channels_last,
-            camera_slots=camera_slots,
             image_transforms=self.image_transforms,
         )
 

@@ -118,23 +118,14 @@ def stack_chw(frames: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def stack_frames(
-    frames: Sequence[np.ndarray], *, channels_last: bool, out: np.ndarray | None = None
-) -> torch.Tensor:
+def stack_frames(frames: Sequence[np.ndarray], *, channels_last: bool) -> torch.Tensor:
     """HWC uint8 frames into a (T, C, H, W) tensor.
 
     ``channels_last=False``: contiguous, one transposing copy per frame (:func:`stack_chw`).
     ``channels_last=True``: a plain memcpy per frame into (T, H, W, C) memory, returned as a
     (T, C, H, W) view with channels-last strides; several times cheaper for long windows,
     and collated with one more memcpy by :func:`framestream.collate`.
-    ``out`` (a slot of a batch buffer, (T, H, W, C) or (T, C, H, W) to match) receives the
-    frames directly, so a batch is assembled with one copy per frame.
     """
-    if out is not None:
-        for t, f in enumerate(frames):
-            out[t] = f if channels_last else f.transpose(2, 0, 1)
-        view = torch.from_numpy(out)
-        return view.permute(0, 3, 1, 2) if channels_last else view
     if channels_last:
         return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
     return stack_chw(frames)
@@ -158,13 +149,11 @@ def build_sample(
     return_uint8: bool,
     image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
     channels_last: bool = False,
-    camera_slots: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The sample of ``frame`` of ``ep``.
 
     ``camera_frames(key, episode_frame_indices)`` returns the uint8 HWC frames of a camera at
-    those (already clamped) indices; :func:`stack_frames` lays them out, into
-    ``camera_slots[key]`` when given (batch assembly).
+    those (already clamped) indices; :func:`stack_frames` lays them out.
     """
     out: dict[str, Any] = {}
     length = ep.length
@@ -185,14 +174,12 @@ def build_sample(
     for key in meta.camera_keys:
         if key in spec.offsets:
             idx, pad = window_indices(frame, spec.offsets[key], length)
-            slot = camera_slots.get(key) if camera_slots else None
-            frames = stack_frames(camera_frames(key, idx), channels_last=channels_last, out=slot)
+            frames = stack_frames(camera_frames(key, idx), channels_last=channels_last)
             img = image_to_output(frames, return_uint8=return_uint8)
             out[f"{key}_is_pad"] = torch.from_numpy(pad)
         else:
-            slot = camera_slots.get(key) if camera_slots else None
             frames = stack_frames(
-                camera_frames(key, np.array([frame])), channels_last=channels_last, out=slot
+                camera_frames(key, np.array([frame])), channels_last=channels_last
             )
             img = image_to_output(frames, return_uint8=return_uint8)[0]
         if image_transforms is not None:

@@ -9,7 +9,7 @@ cursors, reservoir references, RNG) is a small dict: see :meth:`WorkerStream.sta
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -203,19 +203,16 @@ class WorkerStream:
             self.readers[rid] = reader
         return reader
 
-    def _next_sample(
-        self, camera_slots: Mapping[str, np.ndarray] | None = None
-    ) -> dict[str, Any] | None:
-        """The next sample (cameras written into ``camera_slots`` if given); None at the end."""
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             ref = self._next_ref()
             if ref is None:
                 self._publish()
-                return None
+                return
             rid, frame = ref
             try:
                 reader = self._reader(rid, frame)
-                sample = reader.sample(frame, camera_slots)
+                sample = reader.sample(frame)
             except FramestreamError as exc:
                 # A network outage is not a bad episode: never skip past it.
                 if self.ds.on_error == "raise" or isinstance(exc, SourceError):
@@ -227,67 +224,7 @@ class WorkerStream:
             self._done_with(rid)
             self.emitted += 1
             self._publish()
-            return sample
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while (sample := self._next_sample()) is not None:
             yield sample
-
-    def iter_batches(self, batch_size: int, *, drop_last: bool) -> Iterator[dict[str, Any]]:
-        """Batches of ``batch_size`` samples, the same ones a DataLoader would collate.
-
-        uint8 cameras without ``image_transforms`` are written straight into one batch
-        buffer (in shared memory inside a worker): one copy per frame instead of a copy into
-        the sample and another into the collated batch. Otherwise samples are assembled as
-        usual and collated with :func:`framestream.collate`.
-        """
-        ds = self.ds
-        direct = ds.return_uint8 and ds.image_transforms is None and bool(ds.meta.video_keys)
-        while True:
-            buffers = self._batch_buffers(batch_size) if direct else {}
-            samples: list[dict[str, Any]] = []
-            while len(samples) < batch_size:
-                slots = {k: b[len(samples)] for k, b in buffers.items()}
-                sample = self._next_sample(slots or None)
-                if sample is None:
-                    break
-                samples.append(sample)
-            if not samples or (drop_last and len(samples) < batch_size):
-                return
-            yield self._collate(samples, buffers)
-            if len(samples) < batch_size:
-                return
-
-    def _batch_buffers(self, batch_size: int) -> dict[str, np.ndarray]:
-        """One uint8 buffer per video key, (B, T, H, W, C) or (B, T, C, H, W)."""
-        meta, cl = self.ds.meta, self.ds.channels_last
-        out = {}
-        for key in meta.video_keys:
-            h, w, c = meta.features[key].shape
-            t = len(self.ds.window.frame_offsets(key))
-            shape = (batch_size, t, h, w, c) if cl else (batch_size, t, c, h, w)
-            buf = torch.empty(shape, dtype=torch.uint8)
-            if torch.utils.data.get_worker_info() is not None:
-                buf.share_memory_()  # handed to the training process without another copy
-            out[key] = buf.numpy()
-        return out
-
-    def _collate(
-        self, samples: list[dict[str, Any]], buffers: Mapping[str, np.ndarray]
-    ) -> dict[str, Any]:
-        from framestream._collate import collate
-
-        n = len(samples)
-        batch: dict[str, Any] = {}
-        for key in samples[0]:
-            if key not in buffers:
-                batch[key] = collate([s[key] for s in samples])
-                continue
-            t = torch.from_numpy(buffers[key])[:n]
-            if self.ds.channels_last:
-                t = t.permute(0, 1, 4, 2, 3)
-            batch[key] = t if key in self.ds.window.offsets else t[:, 0]
-        return batch
 
     # ------------------------------------------------------------ errors
     def _drop(self, rid: int, exc: Exception) -> None:

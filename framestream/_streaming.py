@@ -61,10 +61,6 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         decoder_threads: FFmpeg threads per decoder; 1 suits one worker per core.
         shuffle_warmup: references the reservoir holds before it first emits; it then grows
             to ``buffer_size``. Lower means a faster first batch.
-        batch_size: yield batches of this many samples instead of samples (use the
-            DataLoader with ``batch_size=None``): the same batches a DataLoader would make,
-            with uint8 cameras assembled straight into the batch (one copy per frame).
-        drop_last: with ``batch_size``, drop each worker's last incomplete batch.
         on_error: ``"raise"`` (default) stops on a bad episode with an error naming the
             dataset, file, episode, frame and camera; ``"skip"`` drops the episode's remaining
             samples, counts them in :meth:`stats` and logs the reason once per episode.
@@ -101,8 +97,6 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         decoder_threads: int = 1,
         shuffle_warmup: int = 64,
         on_error: Literal["raise", "skip"] = "raise",
-        batch_size: int | None = None,
-        drop_last: bool = False,
         storage_options: dict[str, Any] | None = None,
         revision: str | None = None,
         cache_dir: str | None = None,
@@ -152,9 +146,6 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.on_error = on_error
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-        self.batch_size, self.drop_last = batch_size, drop_last
         self._board = StatsBoard()
         self._stream: WorkerStream | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -248,10 +239,7 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         )
         self._stream = stream
         try:
-            if self.batch_size is None:
-                yield from stream
-            else:
-                yield from stream.iter_batches(self.batch_size, drop_last=self.drop_last)
+            yield from stream
         finally:
             stream.close()
 

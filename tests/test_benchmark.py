@@ -185,8 +185,7 @@ def test_plot_writes_png(runs: dict, tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
-@pytest.mark.parametrize("fast", [[], ["--channels-last", "--dataset-batching"]])
-def test_framestream_bench_cli(tiny_root: Path, fast: list[str]) -> None:
+def test_framestream_bench_cli(tiny_root: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -205,7 +204,6 @@ def test_framestream_bench_cli(tiny_root: Path, fast: list[str]) -> None:
         "0",
         "--no-progress",
         "--json",
-        *fast,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -216,8 +214,6 @@ def test_framestream_bench_cli(tiny_root: Path, fast: list[str]) -> None:
     assert r["delta_frames"]["action"] == list(range(16))
     assert r["delta_frames"]["observation.state"] == list(range(-150, 1, 10))
     assert r["delivered_frames"] == 2 * BATCH * 16 * 2
-    assert r["batching"] == ("dataset" if fast else "dataloader")
-    assert r["layout"] == ("channels_last" if fast else "contiguous")
     table = format_summary(r)
     assert f"{r['samples_per_s']:,.1f}" in table and "reuse ratio" in table
 

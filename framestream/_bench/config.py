@@ -39,7 +39,6 @@ class BenchConfig:
     active_shards: int = 8
     float: bool = False
     channels_last: bool = False
-    dataset_batching: bool = False
     seed: int = 0
     prefetch_factor: int | None = None
     video_backend: str | None = None
@@ -140,12 +139,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="channels-last camera tensors collated by framestream.collate (a memcpy per "
         "frame instead of a transposing copy; default: contiguous, the default collate)",
-    )
-    p.add_argument(
-        "--dataset-batching",
-        action="store_true",
-        help="the dataset assembles whole batches (StreamingLeRobotDataset(batch_size=...), "
-        "DataLoader(batch_size=None)): one copy per frame instead of two",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prefetch-factor", type=int, default=None)

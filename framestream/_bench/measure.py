@@ -152,11 +152,10 @@ def stream_timed(
     import torch
 
     loader_kwargs: dict[str, Any] = {
-        # with dataset-side batching the dataset already yields batches
-        "batch_size": None if cfg.dataset_batching else cfg.batch_size,
+        "batch_size": cfg.batch_size,
         "num_workers": cfg.num_workers,
     }
-    if cfg.channels_last and not cfg.dataset_batching:
+    if cfg.channels_last:
         from framestream import collate
 
         loader_kwargs["collate_fn"] = collate

@@ -28,7 +28,6 @@ CSV_FIELDS = (
     "batch_size",
     "dtype",
     "layout",
-    "batching",
     "buffer_size",
     "active_shards",
     "seed",

@@ -154,7 +154,6 @@ def _run_one(
         delta_timestamps=deltas or None,
         return_uint8=not cfg.float,
         channels_last=cfg.channels_last,
-        batch_size=cfg.batch_size if cfg.dataset_batching else None,
         seed=cfg.seed,
         buffer_size=cfg.buffer_size,
         active_shards=cfg.active_shards,
@@ -240,8 +239,7 @@ def _run_one(
     sample_vs = _ratio(sample_frames_node, ceil_fps)
     return {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "label": cfg.label
-        or mode + ("-cl" if cfg.channels_last else "") + ("-db" if cfg.dataset_batching else ""),
+        "label": cfg.label or (f"{mode}-cl" if cfg.channels_last else mode),
         "mode": mode,
         "source": cfg.source,
         "root": str(root),
@@ -250,7 +248,6 @@ def _run_one(
         "batch_size": cfg.batch_size,
         "dtype": "float32" if cfg.float else "uint8",
         "layout": "channels_last" if cfg.channels_last else "contiguous",
-        "batching": "dataset" if cfg.dataset_batching else "dataloader",
         "buffer_size": cfg.buffer_size,
         "active_shards": cfg.active_shards,
         "seed": cfg.seed,
