@@ -173,7 +173,3 @@ class SegmentReader:
             channels_last=self.channels_last,
             image_transforms=self.image_transforms,
         )
-
-    @property
-    def held_frames(self) -> int:
-        return sum(len(c.store) for c in self.cameras.values())

@@ -86,7 +86,7 @@ def resume_stream(
         return fresh()
     if "progress" in state:
         p = state["progress"]
-        if int(p["num_workers"]) != num_workers and max(1, int(p["num_workers"])) != num_workers:
+        if max(1, int(p["num_workers"])) != num_workers:  # 0 workers runs as 1
             raise StateDictError(
                 f"progress state was made for {p['num_workers']} workers, this loader has "
                 f"{num_workers}"

@@ -84,10 +84,6 @@ def window_indices(frame: int, offsets: np.ndarray, length: int) -> tuple[np.nda
     return np.clip(raw, 0, length - 1), (raw < 0) | (raw >= length)
 
 
-def needed_frames(frame: int, spec: WindowSpec, key: str, length: int) -> np.ndarray:
-    return window_indices(frame, spec.frame_offsets(key), length)[0]
-
-
 def _to_tensor(value: Any, dtype: str) -> Any:
     if dtype == "string":
         return value

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("framestream")
 
+# Counters reach the shared board every this many samples (and at the end and on close):
+# publishing costs ~0.2 ms, a tenth of a single-frame sample's own cost.
+PUBLISH_EVERY = 16
+
 
 def _skip_reason(exc: Exception) -> str:
     """The stats() counter (a StatsBoard field) of a skipped episode's cause."""
@@ -223,7 +227,8 @@ class WorkerStream:
                 sample["is_repeat"] = torch.tensor(reader.segment.repeat)
             self._done_with(rid)
             self.emitted += 1
-            self._publish()
+            if self.emitted % PUBLISH_EVERY == 0:
+                self._publish()
             yield sample
 
     # ------------------------------------------------------------ errors
@@ -270,6 +275,7 @@ class WorkerStream:
         self.ds._board.add(self._slot, deltas)
 
     def close(self) -> None:
+        self._publish()
         self.io.close()
         self.decoders.close()
         self.tables.close()

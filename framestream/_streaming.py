@@ -199,7 +199,9 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
 
         ``decoded_frames`` counts video frames decoded (per camera), ``delivered_frames``
         the frames handed out in samples (samples x window x cameras); their ratio is the
-        reuse that decode-once buys. ``cache_*`` are the decoder-cache counters.
+        reuse that decode-once buys. ``cache_*`` are the decoder-cache counters. Workers
+        publish every 16 samples and when their stream ends, so mid-epoch figures may lag by
+        up to 16 samples per worker.
         """
         out = self._board.totals()
         lookups = out["cache_hits"] + out["cache_misses"]
