@@ -1,10 +1,18 @@
-"""Collating samples into batches without a transposing copy for channels-last cameras.
+"""Collating samples into batches: reusable shared memory in workers, channels-last kept.
 
-With ``channels_last=True`` a camera tensor is a (…, C, H, W) view of (…, H, W, C) memory.
-``torch.utils.data.default_collate`` stacks it into contiguous (B, …, C, H, W) memory, a
-strided gather per element. :func:`collate` stacks the underlying (…, H, W, C) memory with
-one memcpy per sample and returns the same channels-last view of the batch. Everything else
-goes to ``default_collate`` unchanged.
+``torch.utils.data.default_collate`` is correct but costly for frames: in a DataLoader
+worker it builds each batch in a fresh shared-memory file (the kernel creates and zeroes
+every page again, slower than the copy itself), and it stacks channels-last camera views
+with a strided gather. :func:`collate` gives the same batch (same keys, values, dtypes and
+shapes) but
+
+- in a worker on Linux, writes the batch's tensors into a shared-memory slot that the
+  worker reuses once the training process has dropped the batch (:mod:`framestream._shm`);
+- stacks a channels-last camera tensor (``channels_last=True``) with a memcpy per sample and
+  returns the same channels-last view of the batch.
+
+Batches whose samples do not all share one shape and dtype per key, and values that are not
+tensors (``task`` strings), go to ``default_collate`` unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import default_collate, get_worker_info
+
+from framestream import _shm
 
 
 def _hwc_order(ndim: int) -> list[int]:
@@ -25,28 +35,78 @@ def _is_channels_last(t: torch.Tensor) -> bool:
     return t.dim() >= 3 and not t.is_contiguous() and t.permute(_hwc_order(t.dim())).is_contiguous()
 
 
-def _stack_channels_last(batch: Sequence[torch.Tensor]) -> torch.Tensor:
-    order = _hwc_order(batch[0].dim())
-    views = [t.permute(order) for t in batch]
-    first = views[0]
-    out = None
-    if get_worker_info() is not None:
-        # As default_collate does: build the batch in shared memory, so handing it to the
-        # training process costs no further copy.
-        numel = sum(v.numel() for v in views)
-        storage = first._typed_storage()._new_shared(numel, device=first.device)
-        out = first.new(storage).resize_(len(views), *first.shape)
-    stacked = torch.stack(views, 0, out=out)
-    back = [0, *(1 + order.index(d) for d in range(len(order)))]
-    return stacked.permute(back)
+def _uniform(batch: Sequence[Any]) -> bool:
+    """All tensors of one shape, dtype and layout (what a stack into one buffer needs)."""
+    elem = batch[0]
+    return all(
+        isinstance(t, torch.Tensor)
+        and t.shape == elem.shape
+        and t.dtype == elem.dtype
+        and t.stride() == elem.stride()
+        for t in batch
+    )
+
+
+def _stack_into(batch: Sequence[torch.Tensor], out: torch.Tensor | None) -> torch.Tensor:
+    """Stack ``batch`` (into ``out`` when given, memory-order shape); keeps channels-last."""
+    elem = batch[0]
+    if _is_channels_last(elem):
+        order = _hwc_order(elem.dim())
+        stacked = torch.stack([t.permute(order) for t in batch], 0, out=out)
+        back = [0, *(1 + order.index(d) for d in range(len(order)))]
+        return stacked.permute(back)
+    return torch.stack(list(batch), 0, out=out)
+
+
+def _memory_shape(elem: torch.Tensor, n: int) -> tuple[int, ...]:
+    """The contiguous shape a batch of ``n`` such tensors is written in."""
+    if _is_channels_last(elem):
+        return (n, *elem.permute(_hwc_order(elem.dim())).shape)
+    return (n, *elem.shape)
+
+
+def _shared_fresh(elem: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Fresh shared memory, as default_collate allocates it in a worker."""
+    numel = int(torch.Size(shape).numel())
+    storage = elem._typed_storage()._new_shared(numel, device=elem.device)
+    return elem.new(storage).resize_(shape)
+
+
+def _collate_in_slot(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The batch written into a reusable slot, or None when no slot is free."""
+    n = len(samples)
+    stackable = [k for k in samples[0] if _uniform([s[k] for s in samples])]
+    shapes = {k: _memory_shape(samples[0][k], n) for k in stackable}
+    need = sum(_shm.nbytes_of(shapes[k], samples[0][k].dtype) for k in stackable)
+    slot = _shm.pool().acquire(need)
+    if slot is None:
+        return None
+    region = _shm.Region(slot)
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        column = [s[key] for s in samples]
+        if key in shapes:
+            out[key] = _stack_into(column, region.take(shapes[key], column[0].dtype))
+        else:
+            out[key] = collate(column)
+    return _shm.SlotBatch(slot, out)
 
 
 def collate(batch: Sequence[Any]) -> Any:
-    """``default_collate`` that keeps channels-last camera tensors channels-last (memcpy)."""
+    """``default_collate`` that reuses worker shared memory and keeps channels-last layout.
+
+    Use it as ``DataLoader(..., collate_fn=framestream.collate)``. The batch equals
+    ``default_collate``'s except that channels-last camera tensors stay channels-last.
+    """
     elem = batch[0]
+    in_worker = get_worker_info() is not None
     if isinstance(elem, Mapping):
+        if in_worker and _shm.available() and len(batch) > 0:
+            slotted = _collate_in_slot(batch)
+            if slotted is not None:
+                return slotted
         return {key: collate([b[key] for b in batch]) for key in elem}
-    if isinstance(elem, torch.Tensor) and _is_channels_last(elem):
-        if all(t.shape == elem.shape and t.stride() == elem.stride() for t in batch):
-            return _stack_channels_last(batch)
+    if isinstance(elem, torch.Tensor) and _is_channels_last(elem) and _uniform(batch):
+        out = _shared_fresh(elem, _memory_shape(elem, len(batch))) if in_worker else None
+        return _stack_into(batch, out)
     return default_collate(batch)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from framestream._meta import DatasetMeta
-from framestream._sample import WindowSpec, build_sample
+from framestream._sample import WindowSpec, build_sample, in_layout
 from framestream._source import Source
 from framestream._tabular import EpisodeData, TableReader, image_frames
 from framestream._video import DecoderCache, decode_episode_frames, resolve_backend
@@ -116,7 +116,8 @@ class MapDataset(torch.utils.data.Dataset):
 
     def _camera_frames(self, ep: EpisodeData, key: str, idx: np.ndarray) -> list[np.ndarray]:
         if self.meta.features[key].dtype == "image":
-            return image_frames(ep, key, idx)
+            frames = image_frames(ep, key, idx)
+            return [in_layout(f, channels_last=self.channels_last) for f in frames]
         if self._decoders is None:
             n = max(1, len(self.meta.video_keys))
             self._decoders = DecoderCache(
@@ -134,7 +135,7 @@ class MapDataset(torch.utils.data.Dataset):
             fps=self.meta.fps,
         )
         arr = frames.numpy()
-        return [arr[i] for i in inverse.reshape(-1)]
+        return [in_layout(arr[i], channels_last=self.channels_last) for i in inverse.reshape(-1)]
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         episode, frame = self.locate(int(idx))

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from framestream import _buffers
 from framestream._errors import FramestreamError
 from framestream._meta import DatasetMeta
 from framestream._plan import Segment
-from framestream._sample import WindowSpec, build_sample
+from framestream._sample import WindowSpec, build_sample, in_layout
 from framestream._tabular import EpisodeData, TableReader, image_frames
 from framestream._video import DecoderCache, decode_episode_frames
 
@@ -125,16 +126,25 @@ class SegmentReader:
         )
         arr = frames.numpy()
         for i, f in enumerate(todo.tolist()):
-            cam.store[f] = arr[i].copy()  # own memory: a chunk is freed frame by frame
+            # Own (recycled) memory per frame, so a chunk is freed frame by frame, laid out
+            # once in the output's memory order for every sample that reuses the frame.
+            frame = in_layout(arr[i], channels_last=self.channels_last)
+            own = _buffers.take(frame.shape).numpy()
+            own[...] = frame
+            cam.store[f] = own
         cam.next = stop
         self.counters.decoded_frames += len(todo)
 
-    def _frames(self, key: str, idx: np.ndarray) -> list[np.ndarray]:
+    def _frames(self, key: str, idx: np.ndarray) -> list[np.ndarray] | np.ndarray:
         if self.meta.features[key].dtype == "image":
-            return image_frames(self.ep, key, idx)
+            frames = image_frames(self.ep, key, idx)
+            return [in_layout(f, channels_last=self.channels_last) for f in frames]
         self._ensure(key, int(idx.max()))
-        store = self.cameras[key].store
-        return [store[int(i)] for i in idx]
+        cam = self.cameras[key]
+        if len(idx) == 1 and cam.counts[idx[0]] == 1:
+            # This sample is the frame's last user: hand the frame over instead of copying it.
+            return cam.store.pop(int(idx[0]))[None]
+        return [cam.store[int(i)] for i in idx]
 
     def _release(self, frame: int) -> None:
         last = self.ep.length - 1

@@ -39,6 +39,7 @@ class BenchConfig:
     active_shards: int = 8
     float: bool = False
     channels_last: bool = False
+    collate: str = "framestream"  # or "default": torch's default_collate
     seed: int = 0
     prefetch_factor: int | None = None
     video_backend: str | None = None
@@ -137,8 +138,15 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--channels-last",
         action="store_true",
-        help="channels-last camera tensors collated by framestream.collate (a memcpy per "
-        "frame instead of a transposing copy; default: contiguous, the default collate)",
+        help="channels-last camera tensors (a memcpy per frame instead of a transposing "
+        "copy; default: contiguous)",
+    )
+    p.add_argument(
+        "--collate",
+        choices=("framestream", "default"),
+        default="framestream",
+        help="collate_fn: framestream.collate (reusable worker shared memory, keeps "
+        "channels-last) or torch's default_collate (fresh shared memory per batch)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prefetch-factor", type=int, default=None)

@@ -155,7 +155,7 @@ def stream_timed(
         "batch_size": cfg.batch_size,
         "num_workers": cfg.num_workers,
     }
-    if cfg.channels_last:
+    if cfg.collate == "framestream":
         from framestream import collate
 
         loader_kwargs["collate_fn"] = collate

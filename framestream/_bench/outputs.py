@@ -28,6 +28,7 @@ CSV_FIELDS = (
     "batch_size",
     "dtype",
     "layout",
+    "collate",
     "buffer_size",
     "active_shards",
     "seed",

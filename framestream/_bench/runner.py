@@ -23,6 +23,11 @@ from framestream._bench.system import load_avg, load_serve, machine, versions
 from framestream._bench.windows import resolve_deltas
 
 
+def _label(mode: str, cfg: BenchConfig) -> str:
+    """The mode, ``-cl`` for channels-last, ``-dc`` for torch's default_collate."""
+    return mode + ("-cl" if cfg.channels_last else "") + ("-dc" if cfg.collate == "default" else "")
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return float(a) / float(b) if a is not None and b else None
 
@@ -239,7 +244,7 @@ def _run_one(
     sample_vs = _ratio(sample_frames_node, ceil_fps)
     return {
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "label": cfg.label or (f"{mode}-cl" if cfg.channels_last else mode),
+        "label": cfg.label or _label(mode, cfg),
         "mode": mode,
         "source": cfg.source,
         "root": str(root),
@@ -248,6 +253,7 @@ def _run_one(
         "batch_size": cfg.batch_size,
         "dtype": "float32" if cfg.float else "uint8",
         "layout": "channels_last" if cfg.channels_last else "contiguous",
+        "collate": cfg.collate,
         "buffer_size": cfg.buffer_size,
         "active_shards": cfg.active_shards,
         "seed": cfg.seed,
