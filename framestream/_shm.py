@@ -176,6 +176,7 @@ def _release_unsent(mm: mmap.mmap, sent: list[bool]) -> None:
 # instead of being faulted in again; after that, alive only while a batch views them.
 _MAPS: weakref.WeakValueDictionary[tuple[int, int], mmap.mmap] = weakref.WeakValueDictionary()
 _HELD: dict[tuple[int, int], tuple[int, mmap.mmap]] = {}
+RECEIVED: dict[tuple[int, int], int] = {}  # batches received per slot (tests read it)
 
 
 def _alive(pid: int) -> bool:
@@ -212,6 +213,7 @@ def _rebuild(dupfd: Any, size: int, pid: int, entries: Mapping[str, Any]) -> dic
     finally:
         os.close(fd)
     _hold(key, pid, mm)
+    RECEIVED[key] = RECEIVED.get(key, 0) + 1
     # A fresh owner per batch: every tensor below shares its storage, and the storage keeps
     # the owner alive, so the finalizer runs when the batch's last tensor or view is gone.
     owner = np.frombuffer(mm, dtype=np.uint8)

@@ -27,6 +27,10 @@ FIELDS = (
     "cache_hits",
     "cache_misses",
     "cache_evictions",
+    "batch_slots_reused",
+    "batch_slot_fallbacks",
+    "frame_buffers_reused",
+    "frame_buffers_allocated",
     *IO_FIELDS,
 )
 MAX_SLOTS = 129  # worker ids 0..127 plus the main process

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from framestream import _buffers, _shm
 from framestream._cache import StreamIO
 from framestream._errors import (
     FramestreamError,
@@ -59,6 +60,17 @@ class Cursor:
     @property
     def remaining(self) -> int:
         return self.segment.size - self.pos
+
+
+def _memory_counts() -> dict[str, int]:
+    """This process's batch-slot and frame-buffer counters (cumulative across streams)."""
+    slots, buffers = _shm.pool(), _buffers.pool()
+    return {
+        "batch_slots_reused": slots.reused,
+        "batch_slot_fallbacks": slots.fallbacks,
+        "frame_buffers_reused": buffers.reused,
+        "frame_buffers_allocated": buffers.allocated,
+    }
 
 
 class WorkerStream:
@@ -121,6 +133,7 @@ class WorkerStream:
         self.io = StreamIO(ds.meta, depth=ds.prefetch)  # remote prefetch + byte counters
         self._slot = (worker + 1) % MAX_SLOTS
         self._published: dict[str, int] = {}
+        self._memory_base = _memory_counts()
 
     # ------------------------------------------------------------ reference layer
     def _fill(self) -> None:
@@ -270,6 +283,7 @@ class WorkerStream:
         }
         now.update({k: v for k, v in c.extra.items() if k.startswith("skipped_")})
         now.update(self.io.counters())
+        now.update({k: v - self._memory_base[k] for k, v in _memory_counts().items()})
         deltas = {k: v - self._published.get(k, 0) for k, v in now.items()}
         self._published = now
         self.ds._board.add(self._slot, deltas)

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from framestream import StreamingLeRobotDataset
+    from framestream import StreamingLeRobotDataset, collate
     from framestream._default_data import synthetic_dataset
 
     root = args.root or str(synthetic_dataset())
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             root, seed=args.seed, return_uint8=True, delta_timestamps=delta, meta=ds.meta
         )
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=args.batch_size, num_workers=args.num_workers
+        ds, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate
     )
     t0 = time.perf_counter()
     first = None

@@ -199,7 +199,11 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
 
         ``decoded_frames`` counts video frames decoded (per camera), ``delivered_frames``
         the frames handed out in samples (samples x window x cameras); their ratio is the
-        reuse that decode-once buys. ``cache_*`` are the decoder-cache counters. Workers
+        reuse that decode-once buys. ``cache_*`` are the decoder-cache counters.
+        ``batch_slots_reused`` / ``batch_slot_fallbacks`` count batches that
+        :func:`framestream.collate` wrote into a reused worker slot / into fresh shared memory
+        because every slot was still held (a loop keeping batches); ``frame_buffers_*`` the
+        recycled frame buffers (:mod:`framestream._buffers`). Workers
         publish every 16 samples and when their stream ends, so mid-epoch figures may lag by
         up to 16 samples per worker.
         """

@@ -64,7 +64,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from framestream import DatasetConfig, DatasetMeta, make_dataset
+from framestream import DatasetConfig, DatasetMeta, collate, make_dataset
 from framestream._default_data import TINY_DATASET, synthetic_dataset
 from framestream.config import load_config_file, split_overrides
 
@@ -288,6 +288,8 @@ def make_loader(
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
         "pin_memory": pin_memory,
+        # Same batches as default_collate; workers reuse their shared memory across batches.
+        "collate_fn": collate,
     }
     if args.num_workers > 0:
         kwargs["prefetch_factor"] = args.prefetch_factor

@@ -1,0 +1,76 @@
+"""framestream._buffers: recycled frame buffers are reused only when nothing views them."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import torch
+
+from framestream import MapDataset, StreamingLeRobotDataset
+from framestream._buffers import BufferPool
+from framestream._meta import DatasetMeta
+from framestream.testing import decode_frame_id
+
+
+def test_buffer_is_reused_after_its_last_view_dies():
+    pool = BufferPool()
+    t = pool.take((2, 3))
+    assert t.dtype == torch.uint8 and tuple(t.shape) == (2, 3)
+    ptr = t.data_ptr()
+    row = t[1]  # a torch view
+    arr = t.numpy()[None]  # a numpy view of the tensor
+    del t
+    gc.collect()
+    assert pool.take((2, 3)).data_ptr() != ptr  # still viewed: not handed out again
+    del row
+    gc.collect()
+    assert pool.take((2, 3)).data_ptr() != ptr
+    del arr
+    gc.collect()
+    again = pool.take((2, 3))
+    assert again.data_ptr() == ptr
+
+
+def test_free_list_is_bounded():
+    pool = BufferPool(max_free_bytes=100)
+    held = [pool.take((60,)) for _ in range(3)]
+    del held
+    gc.collect()
+    assert pool._free_bytes <= 100
+    assert sum(len(v) for v in pool._free.values()) == 1
+
+
+def test_samples_never_alias_each_other(small_root):
+    """Scribbling over a sample must not change any later sample (frames are shared)."""
+    fps = DatasetMeta(str(small_root)).fps
+    dt = {
+        "observation.images.cam0": [-1 / fps, 0.0],
+        "observation.state": [-1 / fps, 0.0],
+    }
+    for channels_last in (False, True):
+        ds = StreamingLeRobotDataset(
+            str(small_root),
+            return_uint8=True,
+            delta_timestamps=dt,
+            shuffle=False,
+            channels_last=channels_last,
+        )
+        ref = MapDataset(str(small_root), return_uint8=True, delta_timestamps=dt)
+        for sample in ds:
+            i = ref.position_of(int(sample["index"]))
+            expected = ref[i]
+            for key in ("observation.state", "action", "index"):
+                assert torch.equal(sample[key], expected[key]), key
+            fid = decode_frame_id(sample["observation.images.cam1"])
+            assert (fid.episode, fid.frame) == (
+                int(sample["episode_index"]),
+                int(sample["frame_index"]),
+            )
+            cam0 = "observation.images.cam0"
+            assert torch.equal(sample[cam0], expected[cam0])
+            for value in sample.values():
+                if isinstance(value, torch.Tensor) and value.dtype != torch.bool:
+                    value.fill_(0)  # the next samples reuse these frames and rows
+            del sample
+            gc.collect() if np.random.rand() < 0.05 else None

@@ -1,0 +1,134 @@
+"""framestream._shm: worker batch slots are reused, never overwritten while viewed."""
+
+from __future__ import annotations
+
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from framestream import StreamingLeRobotDataset, _shm, collate
+from framestream._meta import DatasetMeta
+from framestream.testing import decode_frame_id
+
+pytestmark = pytest.mark.skipif(not _shm.available(), reason="memfd_create is Linux-only")
+
+
+def _dataset(root, seed=3):
+    fps = DatasetMeta(str(root)).fps
+    dt = {"observation.images.cam0": [-2 / fps, 0.0], "action": [0.0, 1 / fps]}
+    return StreamingLeRobotDataset(str(root), return_uint8=True, delta_timestamps=dt, seed=seed)
+
+
+def _check_frames(batch) -> None:
+    """Every camera image of the batch shows the frame its indices say."""
+    for i in range(len(batch["index"])):
+        ep, fr = int(batch["episode_index"][i]), int(batch["frame_index"][i])
+        fid = decode_frame_id(batch["observation.images.cam1"][i])
+        assert (fid.episode, fid.frame, fid.camera) == (ep, fr, 1)
+        fid = decode_frame_id(batch["observation.images.cam0"][i, 1])
+        assert (fid.episode, fid.frame) == (ep, fr)
+
+
+def _received() -> int:
+    return sum(_shm.RECEIVED.values())
+
+
+def test_slot_batches_equal_default_collate_and_reuse_slots(small_root):
+    _shm.RECEIVED.clear()
+    ds = _dataset(small_root)
+    fast = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate)
+    ref = DataLoader(_dataset(small_root), batch_size=8, num_workers=2)
+    n = 0
+    for a, b in zip(fast, ref, strict=True):
+        assert type(a) is dict and a.keys() == b.keys()
+        for key in b:
+            if isinstance(b[key], torch.Tensor):
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+            else:
+                assert a[key] == b[key], key
+        n += 1
+    # Every batch came through a slot, and slots were used again and again.
+    assert _received() == n > 2 * _shm.MAX_SLOTS
+    assert len(_shm.RECEIVED) <= 2 * _shm.MAX_SLOTS
+    stats = ds.stats()  # workers publish when their stream ends, before the last collate
+    assert stats["batch_slot_fallbacks"] == 0
+    assert 0 < stats["batch_slots_reused"] <= n
+    assert stats["frame_buffers_reused"] > 0 and stats["frame_buffers_allocated"] > 0
+
+
+def test_held_batches_and_views_are_never_overwritten(small_root):
+    _shm.RECEIVED.clear()
+    ds = _dataset(small_root, seed=5)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate)
+    kept, views = [], []
+    for k, batch in enumerate(loader):
+        if k % 2:
+            kept.append(batch)  # more than the slots: the workers must fall back, not reuse
+        else:
+            views.append(
+                (
+                    batch["observation.images.cam1"][0],  # a view outliving its batch
+                    int(batch["episode_index"][0]),
+                    int(batch["frame_index"][0]),
+                )
+            )
+        del batch
+    assert len(kept) > 2 * _shm.MAX_SLOTS
+    assert _received() < 2 * len(kept)  # some batches took the fresh-memory path
+    for batch in kept:
+        _check_frames(batch)
+    for img, ep, fr in views:
+        fid = decode_frame_id(img)
+        assert (fid.episode, fid.frame, fid.camera) == (ep, fr, 1)
+
+
+def test_pool_acquire_release_and_fallback():
+    pool = _shm.SlotPool(max_slots=2)
+    a, b = pool.acquire(1000), pool.acquire(1000)
+    assert a is not None and b is not None and a is not b
+    assert not a.free and not b.free
+    assert pool.acquire(10) is None and pool.fallbacks == 1
+    a.mm[0] = _shm.FREE
+    assert pool.acquire(500) is a and pool.reused == 1
+    b.mm[0] = _shm.FREE
+    big = pool.acquire(10 * b.capacity)  # no free slot fits and no room: b is replaced
+    assert big is not None and big is not b and big.capacity >= 10 * b.capacity
+    assert b not in pool.slots
+
+
+def test_unsent_batch_frees_its_slot_and_sent_one_frees_on_last_view():
+    pool = _shm.SlotPool(max_slots=1)
+    slot = pool.acquire(4096)
+    region = _shm.Region(slot)
+    t = region.take((4, 8), torch.float32)
+    t.copy_(torch.arange(32, dtype=torch.float32).view(4, 8))
+    batch = _shm.SlotBatch(slot, {"x": t, "task": ["a"]})
+    del batch, t
+    assert slot.free  # dropped in the worker without being sent
+
+    slot = pool.acquire(4096)
+    t = _shm.Region(slot).take((4, 8), torch.float32)
+    t.copy_(torch.arange(32, dtype=torch.float32).view(4, 8))
+    batch = _shm.SlotBatch(slot, {"x": t, "task": ["a"]})
+    received = pickle.loads(ForkingPickler.dumps(batch))
+    del batch, t
+    assert type(received) is dict and received["task"] == ["a"]
+    assert torch.equal(received["x"], torch.arange(32, dtype=torch.float32).view(4, 8))
+    assert not slot.free  # the receiver still views it
+    row = received["x"][2]
+    del received
+    assert not slot.free  # a view keeps the whole batch's slot
+    assert row.tolist() == list(range(16, 24))
+    del row
+    assert slot.free
+
+
+def test_default_collate_values_for_plain_samples():
+    samples = [{"a": torch.tensor(i), "b": [i, i], "c": "s"} for i in range(3)]
+    out = collate(samples)
+    ref = default_collate(samples)
+    assert torch.equal(out["a"], ref["a"]) and out["c"] == ref["c"]
+    assert [x.tolist() for x in out["b"]] == [x.tolist() for x in ref["b"]]
