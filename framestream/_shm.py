@@ -21,6 +21,7 @@ ordinary path.
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
 import weakref
@@ -33,7 +34,9 @@ import torch
 FREE, BUSY = 0, 1
 HEADER = 64  # bytes before a slot's data; byte 0 is the slot's state
 ALIGN = 64
-MAX_SLOTS = 6  # per worker: the batches in flight (prefetch) plus a couple the user holds
+# Per worker: the batches in flight (prefetch_factor 2: two queued, one being consumed) and
+# one to spare. They stay allocated while the worker lives: up to MAX_SLOTS batches of memory.
+MAX_SLOTS = 4
 
 
 def available() -> bool:
@@ -149,6 +152,12 @@ class SlotBatch(dict):
         self._slot = slot
         self._sent = [False]
         weakref.finalize(self, _release_unsent, slot.mm, self._sent)
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(dict(self), memo)  # a real copy, not a second view of the slot
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         from multiprocessing.reduction import DupFd

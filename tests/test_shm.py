@@ -132,3 +132,18 @@ def test_default_collate_values_for_plain_samples():
     ref = default_collate(samples)
     assert torch.equal(out["a"], ref["a"]) and out["c"] == ref["c"]
     assert [x.tolist() for x in out["b"]] == [x.tolist() for x in ref["b"]]
+
+
+def test_copies_of_a_slot_batch_are_real_copies():
+    import copy
+
+    pool = _shm.SlotPool(max_slots=1)
+    slot = pool.acquire(4096)
+    t = _shm.Region(slot).take((3,), torch.int64)
+    t.copy_(torch.tensor([1, 2, 3]))
+    batch = _shm.SlotBatch(slot, {"x": t})
+    deep = copy.deepcopy(batch)
+    assert type(deep) is dict and deep["x"].data_ptr() != t.data_ptr()
+    t.fill_(0)
+    assert deep["x"].tolist() == [1, 2, 3]
+    assert type(copy.copy(batch)) is dict
