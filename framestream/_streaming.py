@@ -7,7 +7,9 @@ the training process sees: configuration, ``set_epoch``, ``stats()`` and the sta
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -28,6 +30,23 @@ from framestream._video import resolve_backend
 STATE_VERSION = 1
 
 __all__ = ["STATE_VERSION", "StreamingLeRobotDataset", "merge_states"]
+
+
+_FROZEN_PID: int | None = None
+
+
+def _freeze_inherited_objects() -> None:
+    """In a forked DataLoader worker, move what it inherited out of the cyclic GC's reach.
+
+    The collector writes to every object it visits; in a forked worker that copies each
+    inherited page it touches (copy-on-write) and re-scans the training process's whole heap
+    at every full collection. Freezing once per worker removed about 40% of a worker's page
+    faults in single-frame streaming. Objects the worker creates are collected as usual.
+    """
+    global _FROZEN_PID
+    if _FROZEN_PID != os.getpid():
+        _FROZEN_PID = os.getpid()
+        gc.freeze()
 
 
 class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
@@ -224,6 +243,8 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            _freeze_inherited_objects()
         rank, world_size = self.rank_and_world_size()
         state = self._pending_state
         if info is None:

@@ -218,6 +218,45 @@ def test_framestream_bench_cli(tiny_root: Path) -> None:
     assert f"{r['samples_per_s']:,.1f}" in table and "reuse ratio" in table
 
 
+def test_warmup_epochs_times_whole_epochs(tiny_root: Path, tmp_path: Path) -> None:
+    """--warmup-epochs 1 --epochs 3: epochs 1 and 2 timed whole, every frame decoded in them."""
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--root",
+        str(tiny_root),
+        "--mode",
+        "single",
+        "--num-workers",
+        "2",
+        "--batch-size",
+        str(BATCH),
+        "--max-batches",
+        "0",
+        "--warmup-epochs",
+        "1",
+        "--epochs",
+        "3",
+        "--output-dir",
+        str(tmp_path),
+        "--quiet",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(Path(json.loads(proc.stdout.strip().splitlines()[-1])["json"]).read_text())
+    from framestream import StreamingLeRobotDataset
+
+    ds = StreamingLeRobotDataset(str(tiny_root), seed=r["seed"])
+    per_worker = [ds.plan(worker=w, num_workers=2, epoch=0).num_samples for w in range(2)]
+    assert r["warmup_batches"] == sum(math.ceil(n / BATCH) for n in per_worker)
+    assert r["total_samples"] == 3 * sum(per_worker)
+    assert r["samples"] == 2 * sum(per_worker)  # epochs 1 and 2, whole
+    assert r["decoded_frames"] == r["delivered_frames"] == r["samples"] * r["cameras"]
+    assert r["reuse_ratio"] == 1.0
+
+
 # ----------------------------------------------------------------------------- pure parts
 def test_parse_delta_spec() -> None:
     assert parse_delta_spec("-120:120:30") == [-120, -90, -60, -30, 0, 30, 60, 90, 120]

@@ -34,6 +34,7 @@ class BenchConfig:
     max_batches: int | None = 100
     seconds: float | None = None
     warmup_batches: int | None = None  # None: enough to fill every worker's reservoir
+    warmup_epochs: int = 0  # >0: time whole epochs after this many (overrides warmup_batches)
     epochs: int = 1
     buffer_size: int = 1000
     active_shards: int = 8
@@ -128,6 +129,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="batches consumed before timing starts; default: enough for every worker's "
         "shuffle reservoir to reach --buffer-size (buffer_size x workers / batch_size), so "
         "the timed phase is steady state",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=0,
+        help="time whole epochs: the first N epochs are the warm-up (timing starts at the last "
+        "batch of epoch N-1), so every frame delivered in the timed phase was also decoded "
+        "in it and epoch starts are included; use with --epochs > N and --max-batches 0",
     )
     p.add_argument("--epochs", type=int, default=1, help="epochs at most (set_epoch between)")
     p.add_argument("--buffer-size", type=int, default=1000)

@@ -7,6 +7,7 @@ into one flat result dict (the JSON; the CSV is a view of it).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +22,16 @@ from framestream._bench.measure import percentiles, stream_timed
 from framestream._bench.shuffle import expected_distinct_episodes
 from framestream._bench.system import load_avg, load_serve, machine, versions
 from framestream._bench.windows import resolve_deltas
+
+
+def _epoch_batches(ds: Any, cfg: BenchConfig, epochs: int) -> int:
+    """Batches the DataLoader yields in epochs 0..epochs-1 (each worker batches its own part)."""
+    n = max(1, cfg.num_workers)
+    return sum(
+        math.ceil(ds.plan(worker=w, num_workers=n, epoch=e).num_samples / cfg.batch_size)
+        for e in range(epochs)
+        for w in range(n)
+    )
 
 
 def _label(mode: str, cfg: BenchConfig) -> str:
@@ -177,6 +188,8 @@ def _run_one(
         window_length = int(window_length)
 
     warmup = effective_warmup(cfg)
+    if cfg.warmup_epochs > 0:
+        warmup = _epoch_batches(ds, cfg, cfg.warmup_epochs)
     say(
         f"streaming: mode={mode} workers={cfg.num_workers} batch={cfg.batch_size} "
         f"warm-up={warmup} batches"
