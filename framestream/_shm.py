@@ -9,9 +9,9 @@ dropped every tensor of the batch it held:
 
 - the worker writes a batch into a free slot, marks it busy (byte 0 of the slot) and sends
   the slot's file descriptor plus each tensor's offset, shape and strides;
-- the training process maps the slot (once while any batch of it is alive) and builds the
-  tensors as views of one storage; a ``weakref.finalize`` on the storage's owner marks the
-  slot free when the last tensor (or view of one) is gone;
+- the training process maps the slot once (its descriptor comes with the slot's first batch)
+  and builds each batch's tensors as views of one storage; a ``weakref.finalize`` on the
+  storage's owner marks the slot free when the last tensor (or view of one) is gone;
 - a worker that finds no free slot and no room for another falls back to the ordinary
   fresh shared memory, so a training loop that keeps batches around is never blocked.
 
@@ -22,8 +22,10 @@ ordinary path.
 from __future__ import annotations
 
 import copy
+import itertools
 import mmap
 import os
+import secrets
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -51,7 +53,9 @@ def _round(n: int, to: int) -> int:
 class Slot:
     """One memfd mapped in the worker; ``tensor`` is a uint8 view of all of it."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, token: int = 0, serial: int = 0) -> None:
+        self.token, self.serial = token, serial  # the slot's name in the training process
+        self.fd_sent = False
         self.size = HEADER + _round(capacity, mmap.PAGESIZE)
         self.fd = os.memfd_create("framestream-batch", os.MFD_CLOEXEC)
         try:
@@ -83,6 +87,11 @@ class SlotPool:
         self.slots: list[Slot] = []
         self.reused = 0
         self.fallbacks = 0
+        self.token = secrets.randbits(62)  # tells this pool's slots from any other's
+        self._serials = itertools.count()
+
+    def _new(self, nbytes: int) -> Slot:
+        return Slot(nbytes, token=self.token, serial=next(self._serials))
 
     def acquire(self, nbytes: int) -> Slot | None:
         free = [s for s in self.slots if s.free]
@@ -91,13 +100,13 @@ class SlotPool:
             slot = min(fitting, key=lambda s: s.capacity)
             self.reused += 1
         elif len(self.slots) < self.max_slots:
-            slot = Slot(nbytes)
+            slot = self._new(nbytes)
             self.slots.append(slot)
         elif free:  # replace the largest free slot that is too small
             old = max(free, key=lambda s: s.capacity)
             self.slots.remove(old)
             old.close()
-            slot = Slot(nbytes)
+            slot = self._new(nbytes)
             self.slots.append(slot)
         else:
             self.fallbacks += 1
@@ -172,7 +181,12 @@ class SlotBatch(dict):
             else:
                 entries[key] = (False, value)
         self._sent[0] = True
-        return _rebuild, (DupFd(slot.fd), slot.size, os.getpid(), entries)
+        dupfd = None
+        if not slot.fd_sent:  # the receiver keeps the mapping: later batches name the slot
+            dupfd = DupFd(slot.fd)
+            slot.fd_sent = True
+        args = (slot.token, slot.serial, os.getpid(), slot.fd, slot.size, dupfd, entries)
+        return _rebuild, args
 
 
 def _release_unsent(mm: mmap.mmap, sent: list[bool]) -> None:
@@ -180,11 +194,11 @@ def _release_unsent(mm: mmap.mmap, sent: list[bool]) -> None:
         mm[0] = FREE
 
 
-# The training process's mappings, by memfd identity. Held while the worker that owns the
-# slot lives (its pages are in memory anyway), so the pages stay mapped from batch to batch
-# instead of being faulted in again; after that, alive only while a batch views them.
-_MAPS: weakref.WeakValueDictionary[tuple[int, int], mmap.mmap] = weakref.WeakValueDictionary()
-_HELD: dict[tuple[int, int], tuple[int, mmap.mmap]] = {}
+# The training process's mappings of worker slots, by (worker token, slot serial). A slot's
+# file descriptor travels with its first batch only (passing a descriptor costs a socket
+# handshake with the worker's resource sharer); later batches name the slot, whose pages stay
+# mapped here from batch to batch. Entries go once their worker has exited.
+_MAPPED: dict[tuple[int, int], tuple[int, mmap.mmap]] = {}
 RECEIVED: dict[tuple[int, int], int] = {}  # batches received per slot (tests read it)
 
 
@@ -198,11 +212,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _hold(key: tuple[int, int], pid: int, mm: mmap.mmap) -> None:
-    if key not in _HELD:
-        for k in [k for k, (p, _) in _HELD.items() if not _alive(p)]:
-            del _HELD[k]
-        _HELD[key] = (pid, mm)
+def _remember(key: tuple[int, int], pid: int, mm: mmap.mmap) -> None:
+    for k in [k for k, (p, _) in _MAPPED.items() if not _alive(p)]:
+        del _MAPPED[k]
+    _MAPPED[key] = (pid, mm)
+
+
+def _map_from_proc(pid: int, fd: int, size: int) -> mmap.mmap:
+    """Map a slot whose first batch never reached this process (it was pickled elsewhere)."""
+    try:
+        own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR)
+    except OSError as exc:
+        raise RuntimeError(
+            f"framestream.collate: a batch names shared-memory slot {fd} of DataLoader worker "
+            f"pid {pid}, which this process never received and cannot open ({exc}); "
+            "pickle batches from framestream.collate only to send them to the training process"
+        ) from exc
+    try:
+        return mmap.mmap(own, size)
+    finally:
+        os.close(own)
 
 
 def _release(mm: mmap.mmap) -> None:
@@ -210,18 +239,30 @@ def _release(mm: mmap.mmap) -> None:
         mm[0] = FREE
 
 
-def _rebuild(dupfd: Any, size: int, pid: int, entries: Mapping[str, Any]) -> dict[str, Any]:
-    fd = dupfd.detach()
-    try:
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino)
-        mm = _MAPS.get(key)
-        if mm is None or len(mm) != size:
+def _rebuild(
+    token: int,
+    serial: int,
+    pid: int,
+    fd_number: int,
+    size: int,
+    dupfd: Any,
+    entries: Mapping[str, Any],
+) -> dict[str, Any]:
+    key = (token, serial)
+    if dupfd is not None:
+        fd = dupfd.detach()
+        try:
             mm = mmap.mmap(fd, size)
-            _MAPS[key] = mm
-    finally:
-        os.close(fd)
-    _hold(key, pid, mm)
+        finally:
+            os.close(fd)
+        _remember(key, pid, mm)
+    else:
+        hit = _MAPPED.get(key)
+        if hit is None:
+            mm = _map_from_proc(pid, fd_number, size)
+            _remember(key, pid, mm)
+        else:
+            mm = hit[1]
     RECEIVED[key] = RECEIVED.get(key, 0) + 1
     # A fresh owner per batch: every tensor below shares its storage, and the storage keeps
     # the owner alive, so the finalizer runs when the batch's last tensor or view is gone.
@@ -229,11 +270,11 @@ def _rebuild(dupfd: Any, size: int, pid: int, entries: Mapping[str, Any]) -> dic
     storage = torch.from_numpy(owner).untyped_storage()
     weakref.finalize(owner, _release, mm)
     out: dict[str, Any] = {}
-    for key, (in_slot, entry) in entries.items():
+    for name, (in_slot, entry) in entries.items():
         if not in_slot:
-            out[key] = entry
+            out[name] = entry
             continue
         dtype, offset, shape, stride = entry
         itemsize = torch.empty(0, dtype=dtype).element_size()
-        out[key] = torch.empty(0, dtype=dtype).set_(storage, offset // itemsize, shape, stride)
+        out[name] = torch.empty(0, dtype=dtype).set_(storage, offset // itemsize, shape, stride)
     return out

@@ -147,3 +147,22 @@ def test_copies_of_a_slot_batch_are_real_copies():
     t.fill_(0)
     assert deep["x"].tolist() == [1, 2, 3]
     assert type(copy.copy(batch)) is dict
+
+
+def test_later_batches_name_the_slot_and_a_missed_first_batch_is_recovered():
+    pool = _shm.SlotPool(max_slots=1)
+    slot = pool.acquire(4096)
+    t = _shm.Region(slot).take((4,), torch.int32)
+    t.copy_(torch.tensor([4, 3, 2, 1], dtype=torch.int32))
+    first = ForkingPickler.dumps(_shm.SlotBatch(slot, {"x": t}))  # carries the descriptor
+    assert slot.fd_sent
+    second = ForkingPickler.dumps(_shm.SlotBatch(slot, {"x": t}))  # names the slot only
+    assert len(second) < len(first)
+    # The first batch never arrives (pickled for something else): the receiver opens the slot
+    # through /proc instead.
+    _shm._MAPPED.pop((slot.token, slot.serial), None)
+    got = pickle.loads(second)
+    assert got["x"].tolist() == [4, 3, 2, 1]
+    assert (slot.token, slot.serial) in _shm._MAPPED
+    again = pickle.loads(ForkingPickler.dumps(_shm.SlotBatch(slot, {"x": t})))
+    assert again["x"].tolist() == [4, 3, 2, 1]
