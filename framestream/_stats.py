@@ -2,7 +2,9 @@
 
 Workers are separate processes, so the dataset object in the training process never sees
 their counters. Each worker adds its increments into its own row of a small shared array
-(inherited on fork, passed along on spawn); :meth:`StatsBoard.totals` sums the rows.
+(inherited on fork, passed along on spawn); :meth:`StatsBoard.totals` sums the rows. A lock
+makes each publication atomic, so a snapshot never shows one field of a worker's update
+without the others (``delivered_frames`` always equals samples x frames per sample).
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ FIELDS = (
     *IO_FIELDS,
 )
 MAX_SLOTS = 129  # worker ids 0..127 plus the main process
+LOCK_TIMEOUT_S = 2.0
 
 
 class StatsBoard:
     def __init__(self) -> None:
         self._arr = mp.RawArray("d", MAX_SLOTS * len(FIELDS))
         self._epoch = mp.RawValue("q", 0)
+        self._lock = mp.Lock()
 
     @property
     def epoch(self) -> int:
@@ -49,18 +53,38 @@ class StatsBoard:
     def epoch(self, value: int) -> None:
         self._epoch.value = int(value)
 
+    def _locked(self) -> bool:
+        # A worker killed while publishing would leave the lock held: never wait forever.
+        return self._lock.acquire(timeout=LOCK_TIMEOUT_S)
+
     def add(self, slot: int, deltas: dict[str, float]) -> None:
         base = (slot % MAX_SLOTS) * len(FIELDS)
-        for i, name in enumerate(FIELDS):
-            d = deltas.get(name)
-            if d:
-                self._arr[base + i] += d
+        locked = self._locked()
+        try:
+            for i, name in enumerate(FIELDS):
+                d = deltas.get(name)
+                if d:
+                    self._arr[base + i] += d
+        finally:
+            if locked:
+                self._lock.release()
 
     def totals(self) -> dict[str, Any]:
         n = len(FIELDS)
-        sums = [sum(self._arr[s * n + i] for s in range(MAX_SLOTS)) for i in range(n)]
+        locked = self._locked()
+        try:
+            values = self._arr[:]
+        finally:
+            if locked:
+                self._lock.release()
+        sums = [sum(values[s * n + i] for s in range(MAX_SLOTS)) for i in range(n)]
         return {name: int(v) for name, v in zip(FIELDS, sums, strict=True)}
 
     def reset(self) -> None:
-        for i in range(len(self._arr)):
-            self._arr[i] = 0.0
+        locked = self._locked()
+        try:
+            for i in range(len(self._arr)):
+                self._arr[i] = 0.0
+        finally:
+            if locked:
+                self._lock.release()

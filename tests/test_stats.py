@@ -1,0 +1,29 @@
+"""framestream._stats: a snapshot never shows half of a worker's publication."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+from framestream._stats import StatsBoard
+
+
+def _publish(board: StatsBoard, n: int) -> None:
+    for _ in range(n):
+        board.add(1, {"samples": 1, "delivered_frames": 18, "decoded_frames": 2})
+
+
+def test_snapshots_are_consistent_while_a_worker_publishes():
+    board = StatsBoard()
+    proc = mp.get_context("fork").Process(target=_publish, args=(board, 20_000))
+    proc.start()
+    snapshots = 0
+    while proc.is_alive() or snapshots == 0:
+        t = board.totals()
+        assert t["delivered_frames"] == 18 * t["samples"], t
+        assert t["decoded_frames"] == 2 * t["samples"], t
+        snapshots += 1
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    assert board.totals()["samples"] == 20_000
+    board.reset()
+    assert board.totals()["samples"] == 0
