@@ -12,7 +12,9 @@ shapes) but
   returns the same channels-last view of the batch.
 
 Batches whose samples do not all share one shape and dtype per key, and values that are not
-tensors (``task`` strings), go to ``default_collate`` unchanged.
+tensors (``task`` strings), go to ``default_collate`` unchanged. Samples of framestream's
+datasets are :class:`~framestream._sample.Sample` dicts, which ``default_collate`` hands to
+:func:`collate` by itself: passing ``collate_fn=framestream.collate`` is not required.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import default_collate, get_worker_info
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 from framestream import _shm
+from framestream._sample import Sample
 
 
 def _hwc_order(ndim: int) -> list[int]:
@@ -110,3 +114,12 @@ def collate(batch: Sequence[Any]) -> Any:
         out = _shared_fresh(elem, _memory_shape(elem, len(batch))) if in_worker else None
         return _stack_into(batch, out)
     return default_collate(batch)
+
+
+def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any:
+    return collate(batch)
+
+
+# torch documents extending default_collate by adding to this map: batches of framestream
+# samples then take the path above even when the DataLoader has no collate_fn.
+default_collate_fn_map[Sample] = _collate_samples

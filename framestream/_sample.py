@@ -20,6 +20,14 @@ from framestream._tabular import EpisodeData
 INT_SCALARS = ("index", "episode_index", "frame_index", "task_index")
 
 
+class Sample(dict):
+    """A sample: a plain ``dict`` (LeRobot's keys) that torch's ``default_collate`` batches
+    with :func:`framestream.collate` (registered in its ``default_collate_fn_map``), so that a
+    DataLoader without a ``collate_fn`` gets the reusable worker shared memory too."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """Integer frame offsets per key, from ``delta_timestamps``.
@@ -155,7 +163,7 @@ def build_sample(
     list of shared frames (copied into the sample) or as one 4-D array that the sample may
     keep (a frame handed over on its last use); :func:`stack_frames` lays them out.
     """
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = Sample()
     length = ep.length
     for key, value in ep.columns.items():
         feat = meta.features[key]

@@ -32,6 +32,11 @@ def _check_frames(batch) -> None:
         assert (fid.episode, fid.frame) == (ep, fr)
 
 
+def _plain(batch):
+    """torch's default_collate on plain dicts: fresh shared memory, no slots."""
+    return default_collate([dict(sample) for sample in batch])
+
+
 def _received() -> int:
     return sum(_shm.RECEIVED.values())
 
@@ -39,8 +44,9 @@ def _received() -> int:
 def test_slot_batches_equal_default_collate_and_reuse_slots(small_root):
     _shm.RECEIVED.clear()
     ds = _dataset(small_root)
-    fast = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate)
-    ref = DataLoader(_dataset(small_root), batch_size=8, num_workers=2)
+    # No collate_fn: torch's default_collate hands framestream's samples to collate.
+    fast = DataLoader(ds, batch_size=8, num_workers=2)
+    ref = DataLoader(_dataset(small_root), batch_size=8, num_workers=2, collate_fn=_plain)
     n = 0
     for a, b in zip(fast, ref, strict=True):
         assert type(a) is dict and a.keys() == b.keys()

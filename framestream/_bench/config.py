@@ -154,8 +154,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--collate",
         choices=("framestream", "default"),
         default="framestream",
-        help="collate_fn: framestream.collate (reusable worker shared memory, keeps "
-        "channels-last) or torch's default_collate (fresh shared memory per batch)",
+        help="framestream.collate (what a DataLoader uses for framestream's samples by "
+        "default: reusable worker shared memory, keeps channels-last) or torch's "
+        "default_collate on plain dicts (fresh shared memory per batch), for comparison",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prefetch-factor", type=int, default=None)

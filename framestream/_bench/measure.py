@@ -24,6 +24,14 @@ def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> 
     return [float(v) for v in np.percentile(np.asarray(values, dtype=np.float64), list(qs))]
 
 
+def torch_default_collate(batch: Any) -> Any:
+    """torch's ``default_collate`` on plain dicts: what a loader without framestream's
+    collation does (framestream's samples would otherwise be routed to it)."""
+    from torch.utils.data import default_collate
+
+    return default_collate([dict(sample) for sample in batch])
+
+
 def touch(batch: Mapping[str, Any]) -> int:
     """Read one element per memory page of every tensor (what a consumer costs, at least)."""
     import torch
@@ -159,6 +167,8 @@ def stream_timed(
         from framestream import collate
 
         loader_kwargs["collate_fn"] = collate
+    else:
+        loader_kwargs["collate_fn"] = torch_default_collate
     if cfg.num_workers > 0:
         loader_kwargs["persistent_workers"] = cfg.epochs > 1
         loader_kwargs["timeout"] = cfg.loader_timeout
