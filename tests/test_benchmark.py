@@ -257,6 +257,43 @@ def test_warmup_epochs_times_whole_epochs(tiny_root: Path, tmp_path: Path) -> No
     assert r["reuse_ratio"] == 1.0
 
 
+def test_ceiling_each_measures_after_every_run(tiny_root: Path, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--root",
+        str(tiny_root),
+        "--mode",
+        "single",
+        "sarm",
+        "--num-workers",
+        "0",
+        "--batch-size",
+        str(BATCH),
+        "--max-batches",
+        "1",
+        "--warmup-batches",
+        "1",
+        "--ceiling",
+        "--ceiling-each",
+        "--ceiling-seconds",
+        "0.2",
+        "--output-dir",
+        str(tmp_path),
+        "--quiet",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    runs = [json.loads(Path(json.loads(x)["json"]).read_text()) for x in lines]
+    assert [r["mode"] for r in runs] == ["single", "sarm"]
+    for r in runs:
+        assert r["ceiling_frames_per_s"] > 0
+        assert not any("measured once" in n for n in r["notes"]), r["notes"]
+
+
 # ----------------------------------------------------------------------------- pure parts
 def test_parse_delta_spec() -> None:
     assert parse_delta_spec("-120:120:30") == [-120, -90, -60, -30, 0, 30, 60, 90, 120]

@@ -51,6 +51,7 @@ class BenchConfig:
     csv: str | None = None
     ceiling: bool = False
     ceiling_seconds: float = 10.0
+    ceiling_each: bool = False  # measure the ceiling right after every run, not once
     ceiling_processes: int | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     source: str = "local"
@@ -184,6 +185,13 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="also measure this machine's sequential torchcodec decode rate of the same files",
     )
     p.add_argument("--ceiling-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--ceiling-each",
+        action="store_true",
+        help="with --ceiling: measure the ceiling right after every run instead of once per "
+        "invocation, so each ratio uses a ceiling from the same minutes (on a shared VM the "
+        "ceiling itself drifts by tens of percent)",
+    )
     p.add_argument(
         "--ceiling-processes",
         type=int,

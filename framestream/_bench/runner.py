@@ -243,7 +243,7 @@ def _run_one(
 
     ceiling: dict[str, Any] = {}
     if cfg.ceiling:
-        if session.ceiling is None:
+        if session.ceiling is None or cfg.ceiling_each:
             session.ceiling = ceiling_for_node(cfg, info, meta, ds.episodes, local_root, say)
         else:
             notes.append("decode ceiling measured once per invocation, by an earlier run")
