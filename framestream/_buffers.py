@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -65,15 +67,24 @@ class BufferPool:
                 self._free_bytes += base.nbytes
 
 
-_POOL: tuple[int, BufferPool] | None = None
+T = TypeVar("T")
 
 
-def pool() -> BufferPool:
-    """This process's pool (a forked child starts its own)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), BufferPool())
-    return _POOL[1]
+def per_process(factory: Callable[[], T]) -> Callable[[], T]:
+    """A getter of one ``factory()`` per process: a forked child never uses its parent's."""
+    held: dict[int, T] = {}
+
+    def get() -> T:
+        pid = os.getpid()
+        if pid not in held:
+            held.clear()
+            held[pid] = factory()
+        return held[pid]
+
+    return get
+
+
+pool = per_process(BufferPool)  # this process's pool
 
 
 def take(shape: tuple[int, ...]) -> torch.Tensor:

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from framestream._buffers import per_process
+
 FREE, BUSY = 0, 1
 HEADER = 64  # bytes before a slot's data; byte 0 is the slot's state
 ALIGN = 64
@@ -115,15 +117,7 @@ class SlotPool:
         return slot
 
 
-_POOL: tuple[int, SlotPool] | None = None
-
-
-def pool() -> SlotPool:
-    """This process's pool (a forked child never shares its parent's)."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), SlotPool())
-    return _POOL[1]
+pool = per_process(SlotPool)  # this process's pool
 
 
 class Region:

@@ -218,34 +218,25 @@ def test_framestream_bench_cli(tiny_root: Path) -> None:
     assert f"{r['samples_per_s']:,.1f}" in table and "reuse ratio" in table
 
 
-def test_warmup_epochs_times_whole_epochs(tiny_root: Path, tmp_path: Path) -> None:
-    """--warmup-epochs 1 --epochs 3: epochs 1 and 2 timed whole, every frame decoded in them."""
-    cmd = [
-        sys.executable,
-        str(SCRIPT),
-        "--root",
-        str(tiny_root),
-        "--mode",
-        "single",
-        "--num-workers",
-        "2",
-        "--batch-size",
-        str(BATCH),
-        "--max-batches",
-        "0",
-        "--warmup-epochs",
-        "1",
-        "--epochs",
-        "3",
-        "--output-dir",
-        str(tmp_path),
-        "--quiet",
-    ]
+def _script_runs(args: list[str], out: Path) -> list[dict]:
+    """Run the benchmark script with ``args`` into ``out``; each run's JSON, in order."""
+    cmd = [sys.executable, str(SCRIPT), *args, "--output-dir", str(out), "--quiet"]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=REPO
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(Path(json.loads(proc.stdout.strip().splitlines()[-1])["json"]).read_text())
+    lines = proc.stdout.strip().splitlines()
+    return [json.loads(Path(json.loads(x)["json"]).read_text()) for x in lines]
+
+
+def test_warmup_epochs_times_whole_epochs(tiny_root: Path, tmp_path: Path) -> None:
+    """--warmup-epochs 1 --epochs 3: epochs 1 and 2 timed whole, every frame decoded in them."""
+    (r,) = _script_runs(
+        ["--root", str(tiny_root), "--mode", "single", "--num-workers", "2"]
+        + ["--batch-size", str(BATCH), "--max-batches", "0", "--warmup-epochs", "1"]
+        + ["--epochs", "3"],
+        tmp_path,
+    )
     from framestream import StreamingLeRobotDataset
 
     ds = StreamingLeRobotDataset(str(tiny_root), seed=r["seed"])
@@ -258,36 +249,12 @@ def test_warmup_epochs_times_whole_epochs(tiny_root: Path, tmp_path: Path) -> No
 
 
 def test_ceiling_each_measures_after_every_run(tiny_root: Path, tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        str(SCRIPT),
-        "--root",
-        str(tiny_root),
-        "--mode",
-        "single",
-        "sarm",
-        "--num-workers",
-        "0",
-        "--batch-size",
-        str(BATCH),
-        "--max-batches",
-        "1",
-        "--warmup-batches",
-        "1",
-        "--ceiling",
-        "--ceiling-each",
-        "--ceiling-seconds",
-        "0.2",
-        "--output-dir",
-        str(tmp_path),
-        "--quiet",
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=REPO
+    runs = _script_runs(
+        ["--root", str(tiny_root), "--mode", "single", "sarm", "--num-workers", "0"]
+        + ["--batch-size", str(BATCH), "--max-batches", "1", "--warmup-batches", "1"]
+        + ["--ceiling", "--ceiling-each", "--ceiling-seconds", "0.2"],
+        tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    runs = [json.loads(Path(json.loads(x)["json"]).read_text()) for x in lines]
     assert [r["mode"] for r in runs] == ["single", "sarm"]
     for r in runs:
         assert r["ceiling_frames_per_s"] > 0
