@@ -21,6 +21,7 @@ from framestream import _buffers
 from framestream._errors import FramestreamError
 from framestream._meta import DatasetMeta
 from framestream._plan import Segment
+from framestream._planar import to_planar
 from framestream._sample import WindowSpec, build_sample, in_layout
 from framestream._tabular import EpisodeData, TableReader, image_frames
 from framestream._video import DecoderCache, decode_episode_frames
@@ -125,12 +126,16 @@ class SegmentReader:
             fps=self.meta.fps,
         )
         arr = frames.numpy()
+        h, w, c = arr.shape[1:]
+        shape = (h, w, c) if self.channels_last else (c, h, w)
         for i, f in enumerate(todo.tolist()):
             # Own (recycled) memory per frame, so a chunk is freed frame by frame, laid out
             # once in the output's memory order for every sample that reuses the frame.
-            frame = in_layout(arr[i], channels_last=self.channels_last)
-            own = _buffers.take(frame.shape).numpy()
-            own[...] = frame
+            own = _buffers.take(shape).numpy()
+            if self.channels_last:
+                own[...] = arr[i]
+            else:
+                to_planar(arr[i], own)
             cam.store[f] = own
         cam.next = stop
         self.counters.decoded_frames += len(todo)

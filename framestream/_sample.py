@@ -109,6 +109,18 @@ def _to_tensor(value: Any, dtype: str) -> Any:
     return t.to(torch.int64) if dtype.startswith("int") else t
 
 
+def typed_column(ep: EpisodeData, key: str, dtype: str) -> np.ndarray | None:
+    """``ep``'s column ``key`` in its output dtype, converted once per episode.
+
+    None for columns that are not arrays (strings, image bytes): those convert per sample.
+    """
+    typed = ep.typed
+    if key not in typed:
+        value = ep.columns[key]
+        typed[key] = _to_tensor(value, dtype).numpy() if isinstance(value, np.ndarray) else None
+    return typed[key]
+
+
 def in_layout(frame: np.ndarray, *, channels_last: bool) -> np.ndarray:
     """An HWC uint8 frame (as decoders give it) viewed in the output's memory order.
 
@@ -119,9 +131,7 @@ def in_layout(frame: np.ndarray, *, channels_last: bool) -> np.ndarray:
     return frame if channels_last else frame.transpose(2, 0, 1)
 
 
-def stack_frames(
-    frames: Sequence[np.ndarray] | np.ndarray, *, channels_last: bool
-) -> torch.Tensor:
+def stack_frames(frames: Sequence[np.ndarray] | np.ndarray, *, channels_last: bool) -> torch.Tensor:
     """Frames in the output's memory order (:func:`in_layout`) into a (T, C, H, W) tensor.
 
     ``channels_last=False``: contiguous (T, C, H, W). ``channels_last=True``: (T, H, W, C)
@@ -165,22 +175,22 @@ def build_sample(
     """
     out: dict[str, Any] = Sample()
     length = ep.length
+    features = meta.features
     for key, value in ep.columns.items():
-        feat = meta.features[key]
-        if feat.dtype == "image":
+        dtype = features[key].dtype
+        if dtype == "image":
             continue
-        col = ep.column_tensor(key, lambda v, d=feat.dtype: _to_tensor(v, d))
+        col = typed_column(ep, key, dtype)
         if key in spec.offsets:
             idx, pad = window_indices(frame, spec.offsets[key], length)
-            if col is not None:
-                out[key] = col[torch.from_numpy(idx)]  # a gather: the sample owns its rows
-            else:
-                out[key] = [value[i] for i in idx]
+            # numpy indexing copies: the sample owns its rows and never aliases the episode
+            # (a torch clone or gather costs several times more per key and sample).
+            out[key] = torch.from_numpy(col[idx]) if col is not None else [value[i] for i in idx]
             out[f"{key}_is_pad"] = torch.from_numpy(pad)
         elif col is not None:
-            out[key] = col[frame].clone()  # not a view: a sample never aliases the episode
+            out[key] = torch.from_numpy(np.array(col[frame]))
         else:
-            out[key] = _to_tensor(value[frame], feat.dtype)
+            out[key] = _to_tensor(value[frame], dtype)
     for key in meta.camera_keys:
         if key in spec.offsets:
             idx, pad = window_indices(frame, spec.offsets[key], length)

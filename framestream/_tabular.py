@@ -29,22 +29,12 @@ class EpisodeData:
     length: int
     from_index: int
     columns: dict[str, Any]  # np.ndarray (L, ...) or list (strings, image bytes)
-    tensors: dict[str, Any] = field(default_factory=dict, repr=False)  # see column_tensor
+    # Columns converted to their output dtype, once per episode (see _sample.typed_column).
+    typed: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def timestamps(self) -> np.ndarray:
         return self.columns["timestamp"]
-
-    def column_tensor(self, key: str, convert: Any) -> Any:
-        """``convert(columns[key])``, computed once per episode (None for non-array columns).
-
-        Samples index these instead of converting a row per sample, which costs several
-        tensor constructions per key and sample.
-        """
-        if key not in self.tensors:
-            value = self.columns[key]
-            self.tensors[key] = convert(value) if isinstance(value, np.ndarray) else None
-        return self.tensors[key]
 
 
 def _column_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> Any:

@@ -24,11 +24,15 @@ def versions() -> dict[str, str | None]:
         ("numpy", "numpy"),
         ("pyarrow", "pyarrow"),
         ("fsspec", "fsspec"),
+        ("opencv", "cv2"),
     ):
         try:
             out[name] = str(__import__(mod).__version__)
         except Exception:  # missing or broken optional package: say so, do not fail
             out[name] = None
+    from framestream._planar import backend
+
+    out["deinterleave"] = backend()  # HWC->CHW copies: opencv (SIMD) or numpy
     return out
 
 
