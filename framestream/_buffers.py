@@ -71,15 +71,26 @@ T = TypeVar("T")
 
 
 def per_process(factory: Callable[[], T]) -> Callable[[], T]:
-    """A getter of one ``factory()`` per process: a forked child never uses its parent's."""
-    held: dict[int, T] = {}
+    """A getter of one ``factory()`` per process: a forked child never uses its parent's.
+
+    The child drops the inherited one at fork (``os.register_at_fork``), so the getter itself
+    costs no system call: it runs for every frame.
+    """
+    held: list[T] = []
+    locks = [threading.Lock()]
+
+    def reset() -> None:  # in a fresh child; a lock held across fork would never be freed
+        held.clear()
+        locks[0] = threading.Lock()
+
+    os.register_at_fork(after_in_child=reset)
 
     def get() -> T:
-        pid = os.getpid()
-        if pid not in held:
-            held.clear()
-            held[pid] = factory()
-        return held[pid]
+        if not held:
+            with locks[0]:
+                if not held:
+                    held.append(factory())
+        return held[0]
 
     return get
 

@@ -43,11 +43,15 @@ class Counters:
 class _CameraFrames:
     """Decoded frames of one camera of one reader, with reference counts."""
 
-    def __init__(self, needed: np.ndarray, counts: np.ndarray) -> None:
+    def __init__(self, needed: np.ndarray, counts: np.ndarray, offsets: np.ndarray) -> None:
         self.needed = needed  # sorted frame indices some pending sample uses
-        self.counts = counts  # per episode frame: pending uses
+        # Per episode frame: pending uses. A list: per-sample bookkeeping touches single
+        # elements, which costs several times more on a numpy array.
+        self.counts: list[int] = counts.tolist()
+        self.offsets: list[int] = offsets.tolist()  # this camera's window offsets
         self.next = 0  # position in ``needed`` of the next frame to decode
-        self.store: dict[int, np.ndarray] = {}  # HWC uint8 frames
+        self.last = -1  # the highest frame decoded so far
+        self.store: dict[int, np.ndarray] = {}  # frames in the output's memory order
 
 
 class SegmentReader:
@@ -92,7 +96,7 @@ class SegmentReader:
             offsets = spec.frame_offsets(key)
             idx = np.clip(pending[:, None] + offsets[None, :], 0, self.ep.length - 1).ravel()
             counts = np.bincount(idx, minlength=self.ep.length)
-            self.cameras[key] = _CameraFrames(np.nonzero(counts)[0], counts)
+            self.cameras[key] = _CameraFrames(np.nonzero(counts)[0], counts, offsets)
         self.window_frames = sum(len(spec.frame_offsets(k)) for k in meta.camera_keys)
         counters.episodes_opened += 1
 
@@ -108,11 +112,10 @@ class SegmentReader:
         return frame
 
     # --------------------------------------------------------------- assembling
-    def _ensure(self, key: str, upto: int) -> None:
-        cam = self.cameras[key]
-        stop = int(np.searchsorted(cam.needed, upto, side="right"))
-        if stop <= cam.next:
+    def _ensure(self, cam: _CameraFrames, key: str, upto: int) -> None:
+        if upto <= cam.last:
             return
+        stop = int(cam.needed.searchsorted(upto, side="right"))
         stop = max(stop, min(len(cam.needed), cam.next + self.decode_chunk))
         todo = cam.needed[cam.next : stop]
         frames = decode_episode_frames(
@@ -138,24 +141,29 @@ class SegmentReader:
                 to_planar(arr[i], own)
             cam.store[f] = own
         cam.next = stop
+        cam.last = int(todo[-1])
         self.counters.decoded_frames += len(todo)
 
     def _frames(self, key: str, idx: np.ndarray) -> list[np.ndarray] | np.ndarray:
         if self.meta.features[key].dtype == "image":
             frames = image_frames(self.ep, key, idx)
             return [in_layout(f, channels_last=self.channels_last) for f in frames]
-        self._ensure(key, int(idx.max()))
         cam = self.cameras[key]
-        if len(idx) == 1 and cam.counts[idx[0]] == 1:
-            # This sample is the frame's last user: hand the frame over instead of copying it.
-            return cam.store.pop(int(idx[0]))[None]
+        if len(idx) == 1:
+            f = int(idx[0])
+            self._ensure(cam, key, f)
+            if cam.counts[f] == 1:
+                # This sample is the frame's last user: hand the frame over, no copy.
+                return cam.store.pop(f)[None]
+            return [cam.store[f]]
+        self._ensure(cam, key, int(idx.max()))
         return [cam.store[int(i)] for i in idx]
 
     def _release(self, frame: int) -> None:
         last = self.ep.length - 1
-        for key, cam in self.cameras.items():
+        for cam in self.cameras.values():
             counts, store = cam.counts, cam.store
-            for off in self.spec.frame_offsets(key).tolist():
+            for off in cam.offsets:
                 i = min(max(frame + off, 0), last)
                 counts[i] -= 1
                 if counts[i] <= 0:

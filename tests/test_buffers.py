@@ -74,3 +74,31 @@ def test_samples_never_alias_each_other(small_root):
                     value.fill_(0)  # the next samples reuse these frames and rows
             del sample
             gc.collect() if np.random.rand() < 0.05 else None
+
+
+def _child_pool_counts(queue) -> None:
+    from framestream import _buffers
+
+    queue.put((_buffers.pool().allocated, _buffers.pool() is _buffers.pool()))
+
+
+def test_forked_child_gets_its_own_pool():
+    """A DataLoader worker must never hand out buffers from its parent's free lists."""
+    import multiprocessing as mp
+
+    from framestream import _buffers
+
+    parent = _buffers.pool()
+    parent.allocated += 12345  # a mark the child would see if it inherited the pool
+    try:
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_child_pool_counts, args=(queue,))
+        proc.start()
+        allocated, stable = queue.get(timeout=60)
+        proc.join(timeout=60)
+    finally:
+        parent.allocated -= 12345
+    assert allocated < 12345
+    assert stable
+    assert _buffers.pool() is parent
