@@ -8,6 +8,7 @@ with each other (delivered = samples x window x cameras, hits + misses = lookups
 from __future__ import annotations
 
 import csv
+import importlib.util
 import itertools
 import json
 import math
@@ -315,3 +316,22 @@ def test_detect_dist_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
     d = detect_dist()
     assert (d.rank, d.world_size, d.local_world_size) == (2, 3, 3)
+
+
+def test_labels_name_the_layout_collate_and_deinterleave(monkeypatch):
+    """A results table must tell a numpy-deinterleaved run from an OpenCV one."""
+    from framestream import _planar
+    from framestream._bench.runner import _label
+
+    monkeypatch.setenv("FRAMESTREAM_OPENCV", "0")
+    _planar._opencv_split.cache_clear()
+    try:
+        assert _label("single", BenchConfig()) == "single-np"
+        assert _label("window", BenchConfig(collate="default")) == "window-dc-np"
+        assert _label("single", BenchConfig(channels_last=True)) == "single-cl"  # no deinterleave
+        if importlib.util.find_spec("cv2") is not None:
+            monkeypatch.setenv("FRAMESTREAM_OPENCV", "1")
+            _planar._opencv_split.cache_clear()
+            assert _label("single", BenchConfig()) == "single"
+    finally:
+        _planar._opencv_split.cache_clear()

@@ -240,7 +240,9 @@ def test_soak_memory_and_descriptors_stay_flat(root, persistent):
                 # The slot pool is bounded: per slot its memfd, the mapping's own duplicate
                 # (Python's mmap keeps one) and one parked in multiprocessing's resource
                 # sharer until the training process takes it with the slot's first batch.
-                assert slot_count(pid) <= 4 * _shm.MAX_SLOTS  # 13 seen here: see the note
+                # Idle, that is 2 per slot (6 for the 3 slots this run uses, flat over 60
+                # epochs); the bound is looser because one CI run saw 13 once, unexplained.
+                assert slot_count(pid) <= 4 * _shm.MAX_SLOTS
         del it, batch
         gc.collect()
         main.append(measure(os.getpid(), root))

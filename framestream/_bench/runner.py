@@ -35,8 +35,17 @@ def _epoch_batches(ds: Any, cfg: BenchConfig, epochs: int) -> int:
 
 
 def _label(mode: str, cfg: BenchConfig) -> str:
-    """The mode, ``-cl`` for channels-last, ``-dc`` for torch's default_collate."""
-    return mode + ("-cl" if cfg.channels_last else "") + ("-dc" if cfg.collate == "default" else "")
+    """The mode, ``-cl`` for channels-last, ``-dc`` for torch's default_collate, ``-np`` for
+    contiguous cameras deinterleaved by numpy (no OpenCV, or ``FRAMESTREAM_OPENCV=0``)."""
+    from framestream._planar import backend
+
+    numpy_planar = not cfg.channels_last and backend() == "numpy"
+    return (
+        mode
+        + ("-cl" if cfg.channels_last else "")
+        + ("-dc" if cfg.collate == "default" else "")
+        + ("-np" if numpy_planar else "")
+    )
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
