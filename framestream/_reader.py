@@ -118,6 +118,8 @@ class SegmentReader:
         stop = int(cam.needed.searchsorted(upto, side="right"))
         stop = max(stop, min(len(cam.needed), cam.next + self.decode_chunk))
         todo = cam.needed[cam.next : stop]
+        if len(todo) == 0:  # every needed frame is decoded already
+            return
         frames = decode_episode_frames(
             self.decoders,
             relative=self.meta.video_file(self.ep.episode, key),
