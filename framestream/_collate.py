@@ -42,11 +42,14 @@ def _is_channels_last(t: torch.Tensor) -> bool:
 def _uniform(batch: Sequence[Any]) -> bool:
     """All tensors of one shape, dtype and layout (what a stack into one buffer needs)."""
     elem = batch[0]
+    if not isinstance(elem, torch.Tensor):
+        return False
+    shape, dtype, stride = elem.shape, elem.dtype, elem.stride()
     return all(
         isinstance(t, torch.Tensor)
-        and t.shape == elem.shape
-        and t.dtype == elem.dtype
-        and t.stride() == elem.stride()
+        and t.shape == shape
+        and t.dtype == dtype
+        and t.stride() == stride
         for t in batch
     )
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import mmap
 import os
 import secrets
@@ -128,8 +129,7 @@ class Region:
         self.offset = HEADER
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         start = self.offset
         self.offset = _round(start + nbytes, ALIGN)
         return self.slot.tensor[start : start + nbytes].view(dtype).view(shape)
@@ -137,8 +137,7 @@ class Region:
 
 def nbytes_of(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     """Bytes a :meth:`Region.take` of this shape uses, alignment included."""
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    return _round(int(np.prod(shape, dtype=np.int64)) * itemsize, ALIGN)
+    return _round(math.prod(shape) * dtype.itemsize, ALIGN)
 
 
 class SlotBatch(dict):
@@ -269,6 +268,7 @@ def _rebuild(
             out[name] = entry
             continue
         dtype, offset, shape, stride = entry
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        out[name] = torch.empty(0, dtype=dtype).set_(storage, offset // itemsize, shape, stride)
+        out[name] = torch.empty(0, dtype=dtype).set_(
+            storage, offset // dtype.itemsize, shape, stride
+        )
     return out
