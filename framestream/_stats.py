@@ -9,7 +9,9 @@ without the others (``delivered_frames`` always equals samples x frames per samp
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+from collections.abc import Iterator
 from typing import Any
 
 from framestream._cache import IO_FIELDS
@@ -53,38 +55,32 @@ class StatsBoard:
     def epoch(self, value: int) -> None:
         self._epoch.value = int(value)
 
-    def _locked(self) -> bool:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
         # A worker killed while publishing would leave the lock held: never wait forever.
-        return self._lock.acquire(timeout=LOCK_TIMEOUT_S)
+        held = self._lock.acquire(timeout=LOCK_TIMEOUT_S)
+        try:
+            yield
+        finally:
+            if held:
+                self._lock.release()
 
     def add(self, slot: int, deltas: dict[str, float]) -> None:
         base = (slot % MAX_SLOTS) * len(FIELDS)
-        locked = self._locked()
-        try:
+        with self._locked():
             for i, name in enumerate(FIELDS):
                 d = deltas.get(name)
                 if d:
                     self._arr[base + i] += d
-        finally:
-            if locked:
-                self._lock.release()
 
     def totals(self) -> dict[str, Any]:
         n = len(FIELDS)
-        locked = self._locked()
-        try:
+        with self._locked():
             values = self._arr[:]
-        finally:
-            if locked:
-                self._lock.release()
         sums = [sum(values[s * n + i] for s in range(MAX_SLOTS)) for i in range(n)]
         return {name: int(v) for name, v in zip(FIELDS, sums, strict=True)}
 
     def reset(self) -> None:
-        locked = self._locked()
-        try:
+        with self._locked():
             for i in range(len(self._arr)):
                 self._arr[i] = 0.0
-        finally:
-            if locked:
-                self._lock.release()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from framestream._buffers import per_process
 from framestream._errors import StateDictError
 from framestream._map import select_episodes
 from framestream._meta import DatasetMeta
@@ -32,10 +32,7 @@ STATE_VERSION = 1
 __all__ = ["STATE_VERSION", "StreamingLeRobotDataset", "merge_states"]
 
 
-_FROZEN_PID: int | None = None
-
-
-def _freeze_inherited_objects() -> None:
+def _freeze_inherited_objects() -> bool:
     """In a forked DataLoader worker, move what it inherited out of the cyclic GC's reach.
 
     The collector writes to every object it visits; in a forked worker that copies each
@@ -43,10 +40,11 @@ def _freeze_inherited_objects() -> None:
     at every full collection. Freezing once per worker removed about 40% of a worker's page
     faults in single-frame streaming. Objects the worker creates are collected as usual.
     """
-    global _FROZEN_PID
-    if _FROZEN_PID != os.getpid():
-        _FROZEN_PID = os.getpid()
-        gc.freeze()
+    gc.freeze()
+    return True
+
+
+_freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
 
 
 class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
@@ -244,7 +242,7 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:
-            _freeze_inherited_objects()
+            _freeze_once()
         rank, world_size = self.rank_and_world_size()
         state = self._pending_state
         if info is None:

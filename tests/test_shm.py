@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from framestream import StreamingLeRobotDataset, _shm, collate
+from framestream._bench.measure import torch_default_collate
 from framestream._meta import DatasetMeta
 from framestream.testing import decode_frame_id
 
@@ -32,11 +33,6 @@ def _check_frames(batch) -> None:
         assert (fid.episode, fid.frame) == (ep, fr)
 
 
-def _plain(batch):
-    """torch's default_collate on plain dicts: fresh shared memory, no slots."""
-    return default_collate([dict(sample) for sample in batch])
-
-
 def _received() -> int:
     return sum(_shm.RECEIVED.values())
 
@@ -46,7 +42,9 @@ def test_slot_batches_equal_default_collate_and_reuse_slots(small_root):
     ds = _dataset(small_root)
     # No collate_fn: torch's default_collate hands framestream's samples to collate.
     fast = DataLoader(ds, batch_size=8, num_workers=2)
-    ref = DataLoader(_dataset(small_root), batch_size=8, num_workers=2, collate_fn=_plain)
+    ref = DataLoader(
+        _dataset(small_root), batch_size=8, num_workers=2, collate_fn=torch_default_collate
+    )
     n = 0
     for a, b in zip(fast, ref, strict=True):
         assert type(a) is dict and a.keys() == b.keys()
