@@ -10,7 +10,6 @@ The public surface is small; everything in a ``_module`` is private.
 - :func:`generate_synthetic_dataset`: a valid v3.0 dataset with identifiable frames.
 """
 
-from framestream._collate import collate
 from framestream._errors import (
     DatasetFormatError,
     EpisodeNotFoundError,
@@ -20,10 +19,11 @@ from framestream._errors import (
     TimestampToleranceError,
     VideoDecodeError,
 )
-from framestream._map import MapDataset
-from framestream._meta import DatasetMeta
-from framestream._streaming import StreamingLeRobotDataset, merge_states
+from framestream.batch.collate import collate
 from framestream.config import DatasetConfig, make_dataset
+from framestream.datasets.map_style import MapDataset
+from framestream.datasets.streaming import StreamingLeRobotDataset, merge_states
+from framestream.format.meta import DatasetMeta
 
 LeRobotDataset = MapDataset
 
@@ -31,8 +31,8 @@ __version__ = "0.1.0"
 
 
 def generate_synthetic_dataset(*args, **kwargs):  # noqa: ANN002, ANN003
-    """See :func:`framestream._synth.generate_synthetic_dataset` (imported lazily: PyAV)."""
-    from framestream._synth import generate_synthetic_dataset as _gen
+    """See :func:`framestream.testing.synth.generate_synthetic_dataset` (imported lazily: PyAV)."""
+    from framestream.testing.synth import generate_synthetic_dataset as _gen
 
     return _gen(*args, **kwargs)
 

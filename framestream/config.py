@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from framestream._map import MapDataset
-from framestream._meta import DatasetMeta
-from framestream._source import Source, resolve_url
-from framestream._streaming import StreamingLeRobotDataset
+from framestream.datasets.map_style import MapDataset
+from framestream.datasets.streaming import StreamingLeRobotDataset
+from framestream.format.meta import DatasetMeta
+from framestream.io.source import Source, resolve_url
 
 __all__ = ["OVERRIDE_PREFIX", "DatasetConfig", "make_dataset"]
 
@@ -59,7 +59,7 @@ class DatasetConfig:
         storage_options: passed to fsspec (credentials, endpoint...).
         cache_dir, cache_max_bytes: the local byte cache remote files are read through
             (default ``<framestream cache>/bytes``, 20 GiB); ``cache_max_bytes=0`` disables it.
-        remote_options: timeouts, retries, fetch sizes (``framestream._source.RemoteOptions``
+        remote_options: timeouts, retries, fetch sizes (``framestream.io.source.RemoteOptions``
             fields).
         streaming: build the streaming dataset (True) or the map-style one (False).
         shuffle: streaming only: mix samples through the reservoir; False gives episodes and

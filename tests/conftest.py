@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from framestream._default_data import TINY_DATASET, synthetic_dataset
-from framestream._synth import generate_synthetic_dataset
+from framestream.testing.default_data import TINY_DATASET, synthetic_dataset
+from framestream.testing.synth import generate_synthetic_dataset
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = SHARED / "fixtures" / "real" / "record-test"

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from framestream import StreamingLeRobotDataset
-from framestream._default_data import synthetic_dataset
 from framestream.testing import decode_frame_id
+from framestream.testing.default_data import synthetic_dataset
 
 # 6 episodes, 2 cameras, several data and video files per camera (~170 KB in all).
 REMOTE_SMALL = dict(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from framestream._bench import (
+from framestream.bench import (
     CSV_FIELDS,
     BenchConfig,
     detect_dist,
@@ -320,8 +320,8 @@ def test_detect_dist_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_labels_name_the_layout_collate_and_deinterleave(monkeypatch):
     """A results table must tell a numpy-deinterleaved run from an OpenCV one."""
-    from framestream import _planar
-    from framestream._bench.runner import _label
+    from framestream.bench.runner import _label
+    from framestream.decode import planar as _planar
 
     monkeypatch.setenv("FRAMESTREAM_OPENCV", "0")
     _planar._opencv_split.cache_clear()

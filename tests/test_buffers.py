@@ -1,4 +1,4 @@
-"""framestream._buffers: recycled frame buffers are reused only when nothing views them."""
+"""framestream.decode.buffers: recycled frame buffers are reused only when nothing views them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from framestream import MapDataset, StreamingLeRobotDataset
-from framestream._buffers import BufferPool
-from framestream._meta import DatasetMeta
+from framestream.decode.buffers import BufferPool
+from framestream.format.meta import DatasetMeta
 from framestream.testing import decode_frame_id
 
 
@@ -77,7 +77,7 @@ def test_samples_never_alias_each_other(small_root):
 
 
 def _child_pool_counts(queue) -> None:
-    from framestream import _buffers
+    from framestream.decode import buffers as _buffers
 
     queue.put((_buffers.pool().allocated, _buffers.pool() is _buffers.pool()))
 
@@ -86,7 +86,7 @@ def test_forked_child_gets_its_own_pool():
     """A DataLoader worker must never hand out buffers from its parent's free lists."""
     import multiprocessing as mp
 
-    from framestream import _buffers
+    from framestream.decode import buffers as _buffers
 
     parent = _buffers.pool()
     parent.allocated += 12345  # a mark the child would see if it inherited the pool

@@ -20,10 +20,10 @@ from remote_helpers import (
 )
 
 from framestream import StreamingLeRobotDataset
-from framestream._cache import ByteCache, CacheFullError, RemoteInfo
-from framestream._prewarm_cli import parse_episodes, parse_size
 from framestream.cli import main as cli_main
-from framestream.testing_servers import serve
+from framestream.cli.prewarm import parse_episodes, parse_size
+from framestream.io.cache import ByteCache, CacheFullError, RemoteInfo
+from framestream.testing.servers import serve
 
 pytestmark = pytest.mark.timeout(120)
 

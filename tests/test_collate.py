@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from framestream import MapDataset, StreamingLeRobotDataset, collate
-from framestream._meta import DatasetMeta
+from framestream.format.meta import DatasetMeta
 from framestream.testing import decode_frame_id
 
 

@@ -13,8 +13,8 @@ from fsspec.registry import _registry
 from remote_helpers import assert_same_samples, check_frames, small_dataset
 
 from framestream import StreamingLeRobotDataset
-from framestream._default_data import synthetic_dataset
-from framestream._source import Source, resolve_url
+from framestream.io.source import Source, resolve_url
+from framestream.testing.default_data import synthetic_dataset
 
 pytestmark = pytest.mark.timeout(120)
 

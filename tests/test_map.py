@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from framestream import MapDataset, TimestampToleranceError
-from framestream._meta import DatasetMeta
+from framestream.format.meta import DatasetMeta
 from framestream.testing import decode_frame_id, state_ids
 
 

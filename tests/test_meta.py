@@ -16,7 +16,7 @@ from framestream import (
     StreamingLeRobotDataset,
     VideoDecodeError,
 )
-from framestream._meta import DatasetMeta
+from framestream.format.meta import DatasetMeta
 from tests.conftest import copy_dataset
 
 

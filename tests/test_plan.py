@@ -7,7 +7,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from framestream._plan import Segment, epoch_order, make_plan, partition, plan_all, resolve_rank
+from framestream.stream.plan import (
+    Segment,
+    epoch_order,
+    make_plan,
+    partition,
+    plan_all,
+    resolve_rank,
+)
 
 
 def frames_of(segments):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from framestream import MapDataset, StreamingLeRobotDataset, _planar
+from framestream import MapDataset, StreamingLeRobotDataset
+from framestream.decode import planar as _planar
 
 SHAPES = [(240, 320, 3), (7, 5, 3), (1, 1, 3), (9, 11, 4), (6, 4, 2), (5, 3, 1)]
 

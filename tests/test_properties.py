@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from framestream import MapDataset, StreamingLeRobotDataset
-from framestream._meta import DatasetMeta
-from framestream._synth import generate_synthetic_dataset
+from framestream.format.meta import DatasetMeta
 from framestream.testing import decode_frame_id, state_ids
+from framestream.testing.synth import generate_synthetic_dataset
 
 LENGTHS = [19, 6, 31, 1, 9, 8, 20]  # what seed 25 draws: a 1-frame episode, short and long ones
 KEYS = ["observation.state", "action", "observation.images.cam0", "observation.images.cam1"]

@@ -25,9 +25,9 @@ from remote_helpers import (
 )
 
 from framestream import SourceError, StreamingLeRobotDataset
-from framestream._meta import DatasetMeta
-from framestream._source import RemoteChangedError, Source
-from framestream.testing_servers import serve
+from framestream.format.meta import DatasetMeta
+from framestream.io.source import RemoteChangedError, Source
+from framestream.testing.servers import serve
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -232,6 +232,6 @@ def test_server_stops_mid_epoch(server, root, tmp_path):
 
 
 def _key(src: Source, rel: str) -> str:
-    from framestream._cache import cache_key
+    from framestream.io.cache import cache_key
 
     return cache_key(src._identity(rel))

@@ -14,9 +14,9 @@ import torch
 from remote_helpers import FAST, assert_same_samples, check_frames, dataset_files, small_dataset
 
 from framestream import SourceError, StreamingLeRobotDataset
-from framestream._meta import DatasetMeta
-from framestream._source import Source
-from framestream.testing_servers import serve
+from framestream.format.meta import DatasetMeta
+from framestream.io.source import Source
+from framestream.testing.servers import serve
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from framestream import StateDictError, StreamingLeRobotDataset, merge_states
-from framestream._meta import DatasetMeta
+from framestream.format.meta import DatasetMeta
 from framestream.testing import decode_frame_id
 
 BATCH = 4

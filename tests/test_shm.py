@@ -1,4 +1,4 @@
-"""framestream._shm: worker batch slots are reused, never overwritten while viewed."""
+"""framestream.batch.slots: worker batch slots are reused, never overwritten while viewed."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from framestream import StreamingLeRobotDataset, _shm, collate
-from framestream._bench.measure import torch_default_collate
-from framestream._meta import DatasetMeta
+from framestream import StreamingLeRobotDataset, collate
+from framestream.batch import slots as _shm
+from framestream.bench.measure import torch_default_collate
+from framestream.format.meta import DatasetMeta
 from framestream.testing import decode_frame_id
 
 pytestmark = pytest.mark.skipif(not _shm.available(), reason="memfd_create is Linux-only")

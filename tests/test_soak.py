@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from framestream import DatasetFormatError, StreamingLeRobotDataset, _shm
-from framestream._meta import DatasetMeta
-from framestream._synth import generate_synthetic_dataset
-from framestream._tabular import TableReader
-from framestream._video import DecoderCache, resolve_backend
+from framestream import DatasetFormatError, StreamingLeRobotDataset
+from framestream.batch import slots as _shm
+from framestream.decode.video import DecoderCache, resolve_backend
+from framestream.format.meta import DatasetMeta
+from framestream.format.tables import TableReader
+from framestream.testing.synth import generate_synthetic_dataset
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="counts descriptors through /proc"

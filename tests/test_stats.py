@@ -1,10 +1,10 @@
-"""framestream._stats: a snapshot never shows half of a worker's publication."""
+"""framestream.stream.stats: a snapshot never shows half of a worker's publication."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 
-from framestream._stats import StatsBoard
+from framestream.stream.stats import StatsBoard
 
 
 def _publish(board: StatsBoard, n: int) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from framestream import MapDataset, StreamingLeRobotDataset
-from framestream._meta import DatasetMeta
+from framestream.format.meta import DatasetMeta
 from framestream.testing import decode_frame_id
 
 

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from torchcodec.decoders import VideoDecoder
 
-from framestream._synth import camera_key, generate_synthetic_dataset, task_string
 from framestream.testing import action_ids, decode_frame_id, decode_frame_ids, state_ids
+from framestream.testing.synth import camera_key, generate_synthetic_dataset, task_string
 
 FPS = 30
 HEIGHT, WIDTH = 64, 96
@@ -317,7 +317,7 @@ def test_decoded_frame_matches_encoder_input(dataset: Path) -> None:
 
 
 def test_assign_files_rolls_over_and_fills_chunks() -> None:
-    from framestream._synth import _assign_files
+    from framestream.testing.synth import _assign_files
 
     # An item larger than the limit still gets a file of its own; chunks hold 2 files.
     placement = _assign_files([4, 4, 3, 9, 1, 1, 1], limit=8, chunks_size=2)
@@ -328,7 +328,7 @@ def test_assign_files_rolls_over_and_fills_chunks() -> None:
 def test_cli_writes_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from framestream._synth_cli import add_synth_parser, run_synth
+    from framestream.cli.synth import add_synth_parser, run_synth
 
     parser = argparse.ArgumentParser(prog="framestream")
     add_synth_parser(parser.add_subparsers(dest="command", required=True))

@@ -8,15 +8,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framestream._framecode import (
-    MAX_CAMERA,
-    MAX_EPISODE,
-    MAX_FRAME,
-    action_rows,
-    cell_size,
-    code_bits,
-    state_rows,
-)
 from framestream.testing import (
     FrameId,
     action_ids,
@@ -24,6 +15,15 @@ from framestream.testing import (
     decode_frame_ids,
     encode_frame,
     state_ids,
+)
+from framestream.testing.framecode import (
+    MAX_CAMERA,
+    MAX_EPISODE,
+    MAX_FRAME,
+    action_rows,
+    cell_size,
+    code_bits,
+    state_rows,
 )
 
 SIZES = [(48, 80), (64, 96), (240, 320), (480, 640), (97, 131)]

@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from framestream import _validate_cli
-from framestream._meta import DatasetMeta
-from framestream._synth import generate_synthetic_dataset
-from framestream._validate import CHECKS, validate_dataset
+from framestream.cli import validate as _validate_cli
+from framestream.format.meta import DatasetMeta
+from framestream.format.validate import CHECKS, validate_dataset
+from framestream.testing.synth import generate_synthetic_dataset
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real" / "record-test"
 
@@ -256,6 +256,6 @@ def test_cli_strict_fails_on_warnings(root, capsys):
 def test_registered_in_the_framestream_command(clean_root, capsys):
     from framestream import cli
 
-    assert cli.COMMANDS["validate"] == "framestream._validate_cli"
+    assert cli.COMMANDS["validate"] == "framestream.cli.validate"
     assert cli.main(["validate", str(clean_root), "--no-decode"]) == 0
     assert "OK: no problems found" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Streaming benchmark: a dummy consumer over StreamingLeRobotDataset through a DataLoader.
 
-A thin wrapper: the measurement lives in :mod:`framestream._bench` so that this script and
+A thin wrapper: the measurement lives in :mod:`framestream.bench` so that this script and
 ``framestream bench`` report the same figures. Several ``--mode``/``--num-workers`` values
 run a matrix in one process (one JSON and one CSV row per run; the decode ceiling is
 measured once). Run it under ``torchrun``, ``accelerate launch`` or ``srun`` for several
@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from framestream._bench import (
+from framestream.bench import (
     BenchConfig,
     add_arguments,
     format_summary,

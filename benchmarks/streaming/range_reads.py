@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from servers import serve  # noqa: E402
 
-from framestream._meta import DatasetMeta  # noqa: E402
-from framestream._source import Source  # noqa: E402
+from framestream.format.meta import DatasetMeta  # noqa: E402
+from framestream.io.source import Source  # noqa: E402
 
 
 def _decode(src: Any, seek_mode: str, spans: list[tuple[float, int]], fps: int) -> int:
@@ -91,7 +91,7 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.root is None:
-        from framestream._default_data import synthetic_dataset
+        from framestream.testing.default_data import synthetic_dataset
 
         args.root = str(synthetic_dataset())
     local = DatasetMeta(args.root)

@@ -1,6 +1,6 @@
 """Loopback S3 and HTTP servers for ``benchmark_streaming.py --source s3|http``.
 
-The servers themselves live in :mod:`framestream.testing_servers` (the tests use them too);
+The servers themselves live in :mod:`framestream.testing.servers` (the tests use them too);
 this file is the benchmark's entry point: ``serve(source, local_root) -> handle`` with
 ``handle.url``, ``handle.storage_options`` and ``handle.stop()``.
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from framestream.testing_servers import Faults, ServerHandle
-from framestream.testing_servers import serve as _serve
+from framestream.testing.servers import Faults, ServerHandle
+from framestream.testing.servers import serve as _serve
 
 __all__ = ["Faults", "ServerHandle", "serve"]
 

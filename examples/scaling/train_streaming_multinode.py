@@ -65,8 +65,8 @@ import torch
 from torch import nn
 
 from framestream import DatasetConfig, DatasetMeta, collate, make_dataset
-from framestream._default_data import TINY_DATASET, synthetic_dataset
 from framestream.config import load_config_file, split_overrides
+from framestream.testing.default_data import TINY_DATASET, synthetic_dataset
 
 # What the script changes from DatasetConfig's defaults (a config file or overrides win).
 SCRIPT_DATASET_DEFAULTS: dict[str, Any] = {"return_uint8": True}

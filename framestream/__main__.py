@@ -1,0 +1,5 @@
+"""``python -m framestream``: the command line."""
+
+from framestream.cli import main
+
+raise SystemExit(main())

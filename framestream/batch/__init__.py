@@ -1,0 +1,1 @@
+"""framestream.batch: private; the public API is in :mod:`framestream`."""

@@ -1,0 +1,128 @@
+"""Collating samples into batches: reusable shared memory in workers, channels-last kept.
+
+``torch.utils.data.default_collate`` is correct but costly for frames: in a DataLoader
+worker it builds each batch in a fresh shared-memory file (the kernel creates and zeroes
+every page again, slower than the copy itself), and it stacks channels-last camera views
+with a strided gather. :func:`collate` gives the same batch (same keys, values, dtypes and
+shapes) but
+
+- in a worker on Linux, writes the batch's tensors into a shared-memory slot that the
+  worker reuses once the training process has dropped the batch (:mod:`framestream.batch.slots`);
+- stacks a channels-last camera tensor (``channels_last=True``) with a memcpy per sample and
+  returns the same channels-last view of the batch.
+
+Batches whose samples do not all share one shape and dtype per key, and values that are not
+tensors (``task`` strings), go to ``default_collate`` unchanged. Samples of framestream's
+datasets are :class:`~framestream.stream.sample.Sample` dicts, which ``default_collate`` hands to
+:func:`collate` by itself: passing ``collate_fn=framestream.collate`` is not required.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import default_collate, get_worker_info
+from torch.utils.data._utils.collate import default_collate_fn_map
+
+from framestream.batch import slots as _shm
+from framestream.stream.sample import Sample
+
+
+def _hwc_order(ndim: int) -> list[int]:
+    """The permutation taking (…, C, H, W) dims to (…, H, W, C)."""
+    return [*range(ndim - 3), ndim - 2, ndim - 1, ndim - 3]
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.dim() >= 3 and not t.is_contiguous() and t.permute(_hwc_order(t.dim())).is_contiguous()
+
+
+def _uniform(batch: Sequence[Any]) -> bool:
+    """All tensors of one shape, dtype and layout (what a stack into one buffer needs)."""
+    elem = batch[0]
+    if not isinstance(elem, torch.Tensor):
+        return False
+    shape, dtype, stride = elem.shape, elem.dtype, elem.stride()
+    return all(
+        isinstance(t, torch.Tensor)
+        and t.shape == shape
+        and t.dtype == dtype
+        and t.stride() == stride
+        for t in batch
+    )
+
+
+def _stack_into(batch: Sequence[torch.Tensor], out: torch.Tensor | None) -> torch.Tensor:
+    """Stack ``batch`` (into ``out`` when given, memory-order shape); keeps channels-last."""
+    elem = batch[0]
+    if _is_channels_last(elem):
+        order = _hwc_order(elem.dim())
+        stacked = torch.stack([t.permute(order) for t in batch], 0, out=out)
+        back = [0, *(1 + order.index(d) for d in range(len(order)))]
+        return stacked.permute(back)
+    return torch.stack(list(batch), 0, out=out)
+
+
+def _memory_shape(elem: torch.Tensor, n: int) -> tuple[int, ...]:
+    """The contiguous shape a batch of ``n`` such tensors is written in."""
+    if _is_channels_last(elem):
+        return (n, *elem.permute(_hwc_order(elem.dim())).shape)
+    return (n, *elem.shape)
+
+
+def _shared_fresh(elem: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Fresh shared memory, as default_collate allocates it in a worker."""
+    numel = int(torch.Size(shape).numel())
+    storage = elem._typed_storage()._new_shared(numel, device=elem.device)
+    return elem.new(storage).resize_(shape)
+
+
+def _collate_in_slot(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The batch written into a reusable slot, or None when no slot is free."""
+    n = len(samples)
+    stackable = [k for k in samples[0] if _uniform([s[k] for s in samples])]
+    shapes = {k: _memory_shape(samples[0][k], n) for k in stackable}
+    need = sum(_shm.nbytes_of(shapes[k], samples[0][k].dtype) for k in stackable)
+    slot = _shm.pool().acquire(need)
+    if slot is None:
+        return None
+    region = _shm.Region(slot)
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        column = [s[key] for s in samples]
+        if key in shapes:
+            out[key] = _stack_into(column, region.take(shapes[key], column[0].dtype))
+        else:
+            out[key] = collate(column)
+    return _shm.SlotBatch(slot, out)
+
+
+def collate(batch: Sequence[Any]) -> Any:
+    """``default_collate`` that reuses worker shared memory and keeps channels-last layout.
+
+    Use it as ``DataLoader(..., collate_fn=framestream.collate)``. The batch equals
+    ``default_collate``'s except that channels-last camera tensors stay channels-last.
+    """
+    elem = batch[0]
+    in_worker = get_worker_info() is not None
+    if isinstance(elem, Mapping):
+        if in_worker and _shm.available() and len(batch) > 0:
+            slotted = _collate_in_slot(batch)
+            if slotted is not None:
+                return slotted
+        return {key: collate([b[key] for b in batch]) for key in elem}
+    if isinstance(elem, torch.Tensor) and _is_channels_last(elem) and _uniform(batch):
+        out = _shared_fresh(elem, _memory_shape(elem, len(batch))) if in_worker else None
+        return _stack_into(batch, out)
+    return default_collate(batch)
+
+
+def _collate_samples(batch: Sequence[Any], *, collate_fn_map: Any = None) -> Any:
+    return collate(batch)
+
+
+# torch documents extending default_collate by adding to this map: batches of framestream
+# samples then take the path above even when the DataLoader has no collate_fn.
+default_collate_fn_map[Sample] = _collate_samples

@@ -1,0 +1,354 @@
+"""One invocation: set up ranks and the dataset once, then run each configuration in turn.
+
+A run builds the dataset for its mode, streams it through :func:`~.measure.stream_timed`,
+sums the per-rank rates per node, measures the decode ceiling if asked, and turns all of it
+into one flat result dict (the JSON; the CSV is a view of it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from framestream.bench.ceiling import ceiling_for_node
+from framestream.bench.config import TARGETS, BenchConfig, effective_warmup
+from framestream.bench.dist import DistInfo, detect_dist, gather_node_sums, init_dist
+from framestream.bench.measure import percentiles, stream_timed
+from framestream.bench.shuffle import expected_distinct_episodes
+from framestream.bench.system import load_avg, load_serve, machine, versions
+from framestream.bench.windows import resolve_deltas
+
+
+def _epoch_batches(ds: Any, cfg: BenchConfig, epochs: int) -> int:
+    """Batches the DataLoader yields in epochs 0..epochs-1 (each worker batches its own part)."""
+    n = max(1, cfg.num_workers)
+    return sum(
+        math.ceil(ds.plan(worker=w, num_workers=n, epoch=e).num_samples / cfg.batch_size)
+        for e in range(epochs)
+        for w in range(n)
+    )
+
+
+def _label(mode: str, cfg: BenchConfig) -> str:
+    """The mode, ``-cl`` for channels-last, ``-dc`` for torch's default_collate, ``-np`` for
+    contiguous cameras deinterleaved by numpy (no OpenCV, or ``FRAMESTREAM_OPENCV=0``)."""
+    from framestream.decode.planar import backend
+
+    numpy_planar = not cfg.channels_last and backend() == "numpy"
+    return (
+        mode
+        + ("-cl" if cfg.channels_last else "")
+        + ("-dc" if cfg.collate == "default" else "")
+        + ("-np" if numpy_planar else "")
+    )
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return float(a) / float(b) if a is not None and b else None
+
+
+def _dataset_of(cfg: BenchConfig) -> tuple[Any, ...]:
+    """What must be equal for runs to share one dataset setup."""
+    return (cfg.root, cfg.source, cfg.storage_options, cfg.revision, cfg.cache_dir)
+
+
+@dataclass
+class _Session:
+    """What every run of one invocation shares: ranks, the dataset location, the ceiling."""
+
+    info: DistInfo
+    root: str
+    storage: dict[str, Any]
+    local_root: str | None
+    ceiling: dict[str, Any] | None = None
+
+
+def run_benchmarks(
+    cfgs: Sequence[BenchConfig],
+    *,
+    progress: Callable[[BenchConfig], Callable[[int], None] | None] | None = None,
+    log: Callable[[str], None] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run several benchmarks (a mode x workers matrix) on one dataset, one after the other.
+
+    The process group, the loopback server (``--source s3|http``) and the decode ceiling are
+    set up once and shared. The runs must share ``root``, ``source`` and ``storage_options``.
+    ``progress(cfg)`` returns a per-batch callback for that run; ``on_result`` gets each
+    result as soon as it exists (so a failing later run does not lose earlier ones).
+    """
+    if not cfgs:
+        return []
+    first = cfgs[0]
+    if any(_dataset_of(c) != _dataset_of(first) for c in cfgs[1:]):
+        raise ValueError("runs of one invocation must share the dataset and how it is read")
+    say = log or (lambda _msg: None)
+    info = init_dist(detect_dist())
+    server = None
+    try:
+        root = first.root
+        local_root: str | None = None
+        storage = dict(first.storage_options)
+        if root is None:
+            from framestream.testing.default_data import synthetic_dataset
+
+            say("using the synthetic benchmark dataset (generated once, then cached)")
+            root = str(synthetic_dataset(progress=info.rank == 0))
+        if first.source != "local":
+            serve = load_serve()
+            local_root = root
+            server = serve(first.source, local_root)
+            root = server.url
+            storage = {**server.storage_options, **storage}
+            say(f"serving {local_root} over {first.source} at {root}")
+        elif "://" not in root:
+            local_root = root
+        session = _Session(info, str(root), storage, local_root)
+        results = []
+        for cfg in cfgs:
+            result = _run_one(cfg, session, progress(cfg) if progress else None, say)
+            if on_result is not None:
+                on_result(result)
+            results.append(result)
+        return results
+    finally:
+        if server is not None:
+            server.stop()
+        if info.initialised_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def run_benchmark(
+    cfg: BenchConfig,
+    *,
+    progress: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run one benchmark and return its result (see ``benchmarks/streaming/README.md``).
+
+    ``progress(n)`` is called once per consumed batch; ``log`` receives stage messages.
+    """
+    return run_benchmarks([cfg], progress=(lambda _c: progress), log=log)[0]
+
+
+def _run_one(
+    cfg: BenchConfig,
+    session: _Session,
+    progress: Callable[[int], None] | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    import torch
+
+    from framestream import DatasetMeta, StreamingLeRobotDataset
+    from framestream.io.source import Source
+
+    info, root, storage, local_root = (
+        session.info,
+        session.root,
+        session.storage,
+        session.local_root,
+    )
+    notes: list[str] = []
+    load_start = load_avg()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    t_setup = time.perf_counter()
+    meta = DatasetMeta(
+        Source(
+            str(root),
+            storage,
+            revision=cfg.revision,
+            cache_dir=cfg.cache_dir,
+            cache_max_bytes=cfg.cache_max_bytes,
+        )
+    )
+    features = list(meta.features)
+    mode, deltas = resolve_deltas(
+        cfg, camera_keys=meta.camera_keys, features=features, fps=meta.fps
+    )
+    ds = StreamingLeRobotDataset(
+        root,
+        meta=meta,
+        delta_timestamps=deltas or None,
+        return_uint8=not cfg.float,
+        channels_last=cfg.channels_last,
+        seed=cfg.seed,
+        buffer_size=cfg.buffer_size,
+        active_shards=cfg.active_shards,
+        rank=info.rank,
+        world_size=info.world_size,
+        video_backend=cfg.video_backend,  # type: ignore[arg-type]
+        decoder_threads=cfg.decoder_threads,
+    )
+    setup_s = time.perf_counter() - t_setup
+    cameras = len(meta.camera_keys)
+    offsets = ds.window.offsets
+    per_camera = {k: int(len(offsets[k])) if k in offsets else 1 for k in meta.camera_keys}
+    frames_per_sample = sum(per_camera.values())
+    window_length = frames_per_sample / cameras if cameras else 0
+    if cameras and window_length == int(window_length):
+        window_length = int(window_length)
+
+    warmup = effective_warmup(cfg)
+    if cfg.warmup_epochs > 0:
+        warmup = _epoch_batches(ds, cfg, cfg.warmup_epochs)
+    say(
+        f"streaming: mode={mode} workers={cfg.num_workers} batch={cfg.batch_size} "
+        f"warm-up={warmup} batches"
+    )
+    timing = stream_timed(ds, cfg, warmup, progress)
+    stats1 = timing.stats1
+    stats0 = timing.stats0
+    if stats0 is None:
+        notes.append("the data ran out during warm-up: nothing was timed")
+        stats0 = stats1
+    elapsed = timing.elapsed
+    timed = {
+        k: stats1[k] - stats0[k]
+        for k in stats1
+        if isinstance(stats1[k], int) and k != "epoch" and k != "cache_lookups"
+    }
+    timed_samples = timing.timed_samples
+    delivered = timed_samples * frames_per_sample
+    samples_per_s = timed_samples / elapsed if elapsed else 0.0
+    delivered_fps = delivered / elapsed if elapsed else 0.0
+    decoded_fps = timed["decoded_frames"] / elapsed if elapsed else 0.0
+    if timed["decoded_frames"]:
+        reuse = timed["delivered_frames"] / timed["decoded_frames"]
+        reuse_basis = "timed"
+    else:
+        reuse = stats1["reuse_ratio"]
+        reuse_basis = "whole run"
+    sample_lat = [
+        1000.0 * dt / b for dt, b in zip(timing.intervals, timing.batch_sizes, strict=True)
+    ]
+    batch_lat = [1000.0 * dt for dt in timing.intervals]
+    s50, s95, s99 = percentiles(sample_lat)
+    b50, b95, b99 = percentiles(batch_lat)
+    shuffle_ref = expected_distinct_episodes(ds.lengths.tolist(), cfg.batch_size)
+    mean_distinct = float(np.mean(timing.distinct)) if timing.distinct else None
+    mach = machine()
+    vers = versions()
+    rank_fig = {
+        "rank": info.rank,
+        "hostname": mach["hostname"],
+        "samples_per_s": samples_per_s,
+        "delivered_frames_per_s": delivered_fps,
+        "decoded_frames_per_s": decoded_fps,
+    }
+    node = gather_node_sums(info, rank_fig)
+    if info.world_size > 1 and not info.active:
+        notes.append(
+            "WORLD_SIZE > 1 but no torch.distributed rendezvous (MASTER_ADDR unset): "
+            "per-node sums are not available, only this rank's figures"
+        )
+
+    ceiling: dict[str, Any] = {}
+    if cfg.ceiling:
+        if session.ceiling is None or cfg.ceiling_each:
+            session.ceiling = ceiling_for_node(cfg, info, meta, ds.episodes, local_root, say)
+        else:
+            notes.append("decode ceiling measured once per invocation, by an earlier run")
+        ceiling = session.ceiling
+
+    ceil_fps = ceiling.get("ceiling_frames_per_s")
+    target = TARGETS.get(mode)
+    sample_frames_node = (
+        node["samples_per_s_node"] * cameras if node["samples_per_s_node"] is not None else None
+    )
+    sample_vs = _ratio(sample_frames_node, ceil_fps)
+    return {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "label": cfg.label or _label(mode, cfg),
+        "mode": mode,
+        "source": cfg.source,
+        "root": str(root),
+        "local_root": local_root,
+        "num_workers": cfg.num_workers,
+        "batch_size": cfg.batch_size,
+        "dtype": "float32" if cfg.float else "uint8",
+        "layout": "channels_last" if cfg.channels_last else "contiguous",
+        "collate": cfg.collate,
+        "buffer_size": cfg.buffer_size,
+        "active_shards": cfg.active_shards,
+        "seed": cfg.seed,
+        "torch_threads": torch.get_num_threads(),
+        "rank": info.rank,
+        "world_size": info.world_size,
+        "local_rank": info.local_rank,
+        "local_world_size": info.local_world_size,
+        "nodes": node["nodes"],
+        "cameras": cameras,
+        "camera_keys": list(meta.camera_keys),
+        "window_length": window_length,
+        "window_lengths": per_camera,
+        "frames_per_sample": frames_per_sample,
+        "delta_frames": {k: [int(x) for x in v] for k, v in offsets.items()},
+        "warmup_batches": warmup,
+        "batches": timing.timed_batches,
+        "samples": timed_samples,
+        "total_batches": timing.total_batches,
+        "total_samples": timing.consumed,
+        "elapsed_s": elapsed,
+        "setup_s": setup_s,
+        "samples_per_s": samples_per_s,
+        "delivered_frames": delivered,
+        "delivered_frames_per_s": delivered_fps,
+        "decoded_frames": timed["decoded_frames"],
+        "decoded_frames_per_s": decoded_fps,
+        "reuse_ratio": reuse,
+        "reuse_ratio_basis": reuse_basis,
+        "reuse_ratio_total": stats1["reuse_ratio"],
+        "samples_per_s_node": node["samples_per_s_node"],
+        "frames_per_s_node": node["frames_per_s_node"],
+        "decoded_frames_per_s_node": node["decoded_frames_per_s_node"],
+        "frames_per_s_total": node["frames_per_s_total"],
+        "sample_latency_ms_p50": s50,
+        "sample_latency_ms_p95": s95,
+        "sample_latency_ms_p99": s99,
+        "batch_latency_ms_p50": b50,
+        "batch_latency_ms_p95": b95,
+        "batch_latency_ms_p99": b99,
+        "first_batch_s": timing.first_batch_s,
+        **timing.rss.summary(),
+        "cache_hits": stats1["cache_hits"],
+        "cache_misses": stats1["cache_misses"],
+        "cache_evictions": stats1["cache_evictions"],
+        "cache_lookups": stats1["cache_lookups"],
+        "cache_hit_rate": stats1["cache_hit_rate"],
+        **{
+            k: stats1.get(k)
+            for k in ("bytes_fetched", "remote_requests", "byte_cache_hits", "byte_cache_misses")
+        },
+        "distinct_episodes_per_batch": mean_distinct,
+        "expected_distinct_episodes": shuffle_ref["exact"],
+        "expected_distinct_episodes_with_replacement": shuffle_ref["with_replacement"],
+        "shuffle_quality": _ratio(mean_distinct, shuffle_ref["exact"]),
+        "ceiling_frames_per_s": ceil_fps,
+        "ceiling_processes": ceiling.get("ceiling_processes"),
+        "ceiling": ceiling or None,
+        "delivered_vs_ceiling": _ratio(node["frames_per_s_node"], ceil_fps),
+        "decoded_vs_ceiling": _ratio(node["decoded_frames_per_s_node"], ceil_fps),
+        "sample_frames_vs_ceiling": sample_vs,
+        "target": target,
+        "meets_target": (sample_vs >= target) if (target and sample_vs is not None) else None,
+        "stats_total": stats1,
+        "stats_timed": timed,
+        "ranks": node["ranks"],
+        "load_avg_start": load_start,
+        "load_avg_end": load_avg(),
+        "versions": vers,
+        "machine": mach,
+        **{k: vers.get(k) for k in ("framestream", "torch", "torchcodec", "av", "python")},
+        **{k: mach[k] for k in ("cpu_count", "cpu_model", "platform", "hostname")},
+        "config": asdict(cfg),
+        "notes": notes,
+        "consumer_checksum": timing.sink % 1_000_003,  # keeps the touch from being a no-op
+    }

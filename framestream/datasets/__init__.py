@@ -1,0 +1,1 @@
+"""framestream.datasets: private; the public API is in :mod:`framestream`."""

@@ -1,0 +1,1 @@
+"""framestream.decode: private; the public API is in :mod:`framestream`."""

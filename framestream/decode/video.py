@@ -1,0 +1,305 @@
+"""Video decoding: two backends behind one small interface, and an LRU cache of open decoders.
+
+``torchcodec`` is the default (fast, exact seeking, sequential reads without re-seeking);
+``pyav`` is the fallback when torchcodec cannot load (for example no system FFmpeg), chosen
+automatically or by ``video_backend=``. Both return uint8 ``(N, C, H, W)`` frames and their
+presentation times, so the caller can check every frame against its query.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from framestream._errors import TimestampToleranceError, VideoDecodeError
+from framestream.io.source import Source
+
+VideoBackend = Literal["torchcodec", "pyav"]
+
+
+@functools.cache
+def torchcodec_available() -> bool:
+    """Whether torchcodec and the FFmpeg libraries it links against can be loaded."""
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401
+    except Exception:  # ImportError, or OSError/RuntimeError when FFmpeg is missing
+        return False
+    return True
+
+
+def resolve_backend(backend: str | None) -> VideoBackend:
+    """``None`` picks torchcodec when it loads, else PyAV."""
+    if backend is None:
+        return "torchcodec" if torchcodec_available() else "pyav"
+    if backend not in ("torchcodec", "pyav"):
+        raise ValueError(f"video_backend must be 'torchcodec', 'pyav' or None, got {backend!r}")
+    if backend == "torchcodec" and not torchcodec_available():
+        raise VideoDecodeError(
+            "video_backend='torchcodec' was asked for but torchcodec cannot load "
+            "(is FFmpeg installed?); use video_backend='pyav' or None"
+        )
+    return backend
+
+
+class VideoFile(Protocol):
+    """An open video whose frames are fetched by presentation time."""
+
+    def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
+        """Frames shown at ``seconds`` (ascending) as uint8 NHWC, and their pts in seconds.
+
+        NHWC is what decoders produce; channels are moved to the front only as a view when a
+        sample is assembled, so no per-frame transposing copy is made here.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+class _TorchcodecFile:
+    def __init__(self, src: Any, threads: int) -> None:
+        from torchcodec.decoders import VideoDecoder
+
+        self._dec = VideoDecoder(
+            src, num_ffmpeg_threads=threads, seek_mode="exact", dimension_order="NHWC"
+        )
+        self._src = src
+
+    def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
+        batch = self._dec.get_frames_played_at(seconds=list(seconds))
+        return batch.data, batch.pts_seconds.double().numpy()
+
+    def close(self) -> None:
+        self._dec = None
+        if hasattr(self._src, "close"):
+            self._src.close()
+
+
+class _PyAVFile:
+    """Sequential-friendly PyAV reader: seeks only when a query is behind or far ahead."""
+
+    _MAX_FORWARD_S = 2.0  # decode forward instead of seeking when the target is this close
+    _EPS = 1e-6
+
+    def __init__(self, src: Any, threads: int) -> None:
+        import av
+
+        self._container = av.open(src)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_count = max(1, threads)
+        self._tb = float(self._stream.time_base)
+        self._frames: Any = None  # generator of (pts_s, av.VideoFrame)
+        self._cur: Any = None  # last frame with pts <= the last query
+        self._ahead: Any = None  # a frame already decoded past the last query
+        self._src = src
+
+    def _decode(self):
+        for frame in self._container.decode(self._stream):
+            yield float(frame.pts * self._tb), frame
+
+    def _seek(self, t: float) -> None:
+        self._container.seek(int(t / self._tb), stream=self._stream, backward=True)
+        self._frames, self._cur, self._ahead = self._decode(), None, None
+
+    def _frame_at(self, t: float) -> tuple[float, Any]:
+        known = self._cur or self._ahead
+        if (
+            self._frames is None
+            or known is None
+            or (self._cur is not None and t < self._cur[0] - self._EPS)
+            or (self._cur is None and t < self._ahead[0] - self._EPS)
+            or t > known[0] + self._MAX_FORWARD_S
+        ):
+            self._seek(t)
+        while True:
+            if self._ahead is None:
+                self._ahead = next(self._frames, None)
+                if self._ahead is None:
+                    break
+            if self._ahead[0] <= t + self._EPS:
+                self._cur, self._ahead = self._ahead, None
+            else:
+                break
+        found = self._cur or self._ahead
+        if found is None:
+            raise VideoDecodeError(f"no frame decodable at {t:.6f}s")
+        return found
+
+    def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
+        out, pts = [], []
+        for t in seconds:
+            p, frame = self._frame_at(float(t))
+            out.append(frame.to_ndarray(format="rgb24"))
+            pts.append(p)
+        data = torch.from_numpy(np.stack(out))
+        return data, np.asarray(pts, dtype=np.float64)
+
+    def close(self) -> None:
+        self._frames = None
+        self._container.close()
+        if hasattr(self._src, "close"):
+            self._src.close()
+
+
+def open_video(
+    source: Source, relative: str, *, backend: VideoBackend, threads: int = 1
+) -> VideoFile:
+    """Open ``relative`` for decoding; a missing or unreadable file raises VideoDecodeError."""
+    where = source.describe(relative)
+    try:
+        # A remote file is read from its cached copy, pinned (never evicted) while open.
+        pin = source.pin(relative)
+        local = pin.path if pin is not None else None
+        src: Any = local if local is not None else source.open(relative)
+    except FileNotFoundError as exc:
+        raise VideoDecodeError(f"{where}: video file not found") from exc
+    if source.is_local and not source.exists(relative):
+        raise VideoDecodeError(f"{where}: video file not found")
+    try:
+        if backend == "torchcodec":
+            video: VideoFile = _TorchcodecFile(src, threads)
+        else:
+            video = _PyAVFile(src, threads)
+    except VideoDecodeError:
+        if pin is not None:
+            pin.release()
+        raise
+    except Exception as exc:  # FFmpeg errors surface as RuntimeError/ValueError/av.error.*
+        if hasattr(src, "close"):
+            src.close()
+        if pin is not None:
+            pin.release()
+        raise VideoDecodeError(f"{where}: cannot open video ({type(exc).__name__}: {exc})") from exc
+    return _PinnedVideo(video, pin) if pin is not None and not source.is_local else video
+
+
+class _PinnedVideo:
+    """A decoder over a cached remote file; closing it unpins the file."""
+
+    def __init__(self, video: VideoFile, pin: Any) -> None:
+        self._video, self._pin = video, pin
+
+    def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
+        return self._video.frames_at(seconds)
+
+    def close(self) -> None:
+        try:
+            self._video.close()
+        finally:
+            self._pin.release()
+
+
+class DecoderCache:
+    """LRU of open decoders keyed by video file, with hit/miss/eviction counters.
+
+    Episodes of one camera share an mp4 file, so consecutive episodes reuse one decoder
+    (a hit) instead of re-opening and re-indexing the file. Size it to at least the number of
+    files read concurrently (active episodes x cameras); below that, decoders thrash and the
+    eviction counter climbs.
+    """
+
+    def __init__(self, source: Source, *, capacity: int, backend: VideoBackend, threads: int = 1):
+        if capacity < 1:
+            raise ValueError(f"video_decoder_cache_size must be >= 1, got {capacity}")
+        self.source, self.capacity, self.backend, self.threads = source, capacity, backend, threads
+        self._open: OrderedDict[str, VideoFile] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.evictions = 0
+
+    def get(self, relative: str) -> VideoFile:
+        with self._lock:
+            dec = self._open.get(relative)
+            if dec is not None:
+                self.hits += 1
+                self._open.move_to_end(relative)
+                return dec
+            self.misses += 1
+        dec = open_video(self.source, relative, backend=self.backend, threads=self.threads)
+        with self._lock:
+            self._open[relative] = dec
+            while len(self._open) > self.capacity:
+                _, old = self._open.popitem(last=False)
+                old.close()
+                self.evictions += 1
+        return dec
+
+    def discard(self, relative: str) -> None:
+        """Close and drop a decoder (after an error, so a broken one is not reused)."""
+        with self._lock:
+            dec = self._open.pop(relative, None)
+        if dec is not None:
+            dec.close()
+
+    def close(self) -> None:
+        with self._lock:
+            items, self._open = list(self._open.values()), OrderedDict()
+        for dec in items:
+            dec.close()
+
+    def stats(self) -> dict[str, int | float]:
+        lookups = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+            "lookups": lookups,
+            "hit_rate": self.hits / lookups if lookups else 0.0,
+            "open": len(self._open),
+            "capacity": self.capacity,
+        }
+
+
+def decode_episode_frames(
+    cache: DecoderCache,
+    *,
+    relative: str,
+    camera: str,
+    episode: int,
+    from_timestamp: float,
+    timestamps: np.ndarray,
+    tolerance_s: float,
+    fps: float,
+) -> torch.Tensor:
+    """Decode the frames at episode-relative ``timestamps`` (ascending) of one camera.
+
+    The query is file-relative: ``from_timestamp + timestamp`` in that camera's own file.
+    Every decoded frame is checked against its query; a frame further than ``tolerance_s``
+    raises instead of being silently substituted. The decoder is asked for the frame shown
+    slightly after the query (by ``min(tolerance_s, 0.5 / fps)``) so that float32 rounding of
+    stored timestamps, a hair before a frame's start, still selects that frame.
+    """
+    query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
+    nudge = min(tolerance_s, 0.5 / fps)
+    try:
+        dec = cache.get(relative)
+    except VideoDecodeError as exc:
+        raise VideoDecodeError(f"{exc} (camera {camera!r}, episode {episode})") from exc
+    try:
+        data, pts = dec.frames_at((query + nudge).tolist())
+    except VideoDecodeError as exc:
+        cache.discard(relative)
+        raise VideoDecodeError(
+            f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: {exc}"
+        ) from exc
+    except Exception as exc:
+        cache.discard(relative)
+        raise VideoDecodeError(
+            f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: decoding "
+            f"frames at {query[0]:.4f}..{query[-1]:.4f}s failed ({type(exc).__name__}: {exc})"
+        ) from exc
+    diff = np.abs(pts - query)
+    bad = np.nonzero(diff > tolerance_s)[0]
+    if len(bad):
+        i = int(bad[0])
+        raise TimestampToleranceError(
+            f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: "
+            f"query at {query[i]:.6f}s (episode timestamp {float(timestamps[i]):.6f}s) decoded "
+            f"a frame at {pts[i]:.6f}s, {diff[i]:.6f}s away (tolerance_s={tolerance_s}); "
+            "the video and the episode index disagree"
+        )
+    return data

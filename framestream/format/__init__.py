@@ -1,0 +1,1 @@
+"""framestream.format: private; the public API is in :mod:`framestream`."""

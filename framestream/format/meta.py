@@ -1,0 +1,441 @@
+"""Dataset metadata: ``info.json``, the episode index and the tasks, loaded once and validated.
+
+The episode index is read column-selectively (LeRobot's episodes files carry hundreds of
+``stats/*`` columns that streaming never needs) into flat numpy arrays, so that a worker
+process holds a few kilobytes per thousand episodes and every lookup is an array index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from framestream._errors import DatasetFormatError, EpisodeNotFoundError
+from framestream.io.source import Source
+
+INFO_PATH = "meta/info.json"
+TASKS_PATH = "meta/tasks.parquet"
+STATS_PATH = "meta/stats.json"
+EPISODES_DIR = "meta/episodes"
+
+KNOWN_DTYPES = frozenset(
+    {
+        "float32",
+        "float64",
+        "int64",
+        "int32",
+        "int16",
+        "int8",
+        "uint8",
+        "bool",
+        "string",
+        "image",
+        "video",
+    }
+)
+REQUIRED_FEATURES = {
+    "timestamp": "float32",
+    "frame_index": "int64",
+    "episode_index": "int64",
+    "index": "int64",
+    "task_index": "int64",
+}
+REQUIRED_INFO = (
+    "codebase_version",
+    "fps",
+    "features",
+    "data_path",
+    "total_episodes",
+    "total_frames",
+)
+EPISODE_COLUMNS = (
+    "episode_index",
+    "length",
+    "data/chunk_index",
+    "data/file_index",
+    "dataset_from_index",
+    "dataset_to_index",
+)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One entry of ``info.json``'s ``features``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    names: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_video(self) -> bool:
+        return self.dtype == "video"
+
+    @property
+    def is_visual(self) -> bool:
+        return self.dtype in ("video", "image")
+
+
+@dataclass
+class VideoIndex:
+    """Where each episode of one camera lives: file and seconds inside that file."""
+
+    chunk: np.ndarray
+    file: np.ndarray
+    from_ts: np.ndarray
+    to_ts: np.ndarray
+
+
+@dataclass
+class EpisodeIndex:
+    """The episodes table as arrays, one row per episode, sorted by ``episode_index``."""
+
+    episode_index: np.ndarray
+    length: np.ndarray
+    data_chunk: np.ndarray
+    data_file: np.ndarray
+    from_index: np.ndarray
+    to_index: np.ndarray
+    tasks: list[list[str]]
+    videos: dict[str, VideoIndex]
+
+    def __post_init__(self) -> None:
+        self._row = {int(e): i for i, e in enumerate(self.episode_index)}
+
+    def __len__(self) -> int:
+        return len(self.episode_index)
+
+    def row(self, episode: int) -> int:
+        """Row position of ``episode``; a clear error when it does not exist."""
+        try:
+            return self._row[int(episode)]
+        except KeyError:
+            lo, hi = (
+                (int(self.episode_index.min()), int(self.episode_index.max()))
+                if len(self)
+                else (0, -1)
+            )
+            raise EpisodeNotFoundError(
+                f"episode {episode} does not exist in this dataset "
+                f"({len(self)} episodes, indices {lo}..{hi})"
+            ) from None
+
+
+class DatasetMeta:
+    """Everything known about a dataset before reading any frame.
+
+    Loaded once per process (and pickled to DataLoader workers as plain arrays).
+    """
+
+    def __init__(self, source: Source | str, *, storage_options: dict | None = None) -> None:
+        self.source = (
+            source if isinstance(source, Source) else Source(source, storage_options or {})
+        )
+        self.info = self.source.read_json(INFO_PATH)
+        self._validate_info()
+        self.fps: int = int(self.info["fps"])
+        self.features: dict[str, Feature] = self._parse_features()
+        self.video_keys: list[str] = [k for k, f in self.features.items() if f.is_video]
+        self.image_keys: list[str] = [k for k, f in self.features.items() if f.dtype == "image"]
+        self.camera_keys: list[str] = [k for k, f in self.features.items() if f.is_visual]
+        if self.video_keys and not self.info.get("video_path"):
+            raise DatasetFormatError(
+                f"{self.source.describe(INFO_PATH)}: features {self.video_keys} are videos "
+                "but 'video_path' is missing or null"
+            )
+        self.episodes: EpisodeIndex = self._load_episodes()
+        self.tasks: dict[int, str] = self._load_tasks()
+        self._validate_totals()
+        self._stats: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- info.json
+    def _where(self, what: str = "") -> str:
+        return f"{self.source.describe(INFO_PATH)}{': ' + what if what else ''}"
+
+    def _validate_info(self) -> None:
+        version = self.info.get("codebase_version")
+        if version is None:
+            raise DatasetFormatError(self._where("missing required field 'codebase_version'"))
+        if not str(version).startswith("v3."):
+            raise DatasetFormatError(
+                self._where(
+                    f"codebase_version is {version!r}; framestream reads LeRobot v3.0 datasets "
+                    "only (v2.x stores one file per episode with JSONL metadata; convert it with "
+                    "LeRobot's v2.1 -> v3.0 converter)"
+                )
+            )
+        for key in REQUIRED_INFO:
+            if key not in self.info:
+                raise DatasetFormatError(self._where(f"missing required field {key!r}"))
+        fps = self.info["fps"]
+        if not isinstance(fps, int | float) or fps <= 0 or int(fps) != fps:
+            raise DatasetFormatError(
+                self._where(f"field 'fps' must be a positive integer, got {fps!r}")
+            )
+        if not isinstance(self.info["features"], dict):
+            raise DatasetFormatError(self._where("field 'features' must be an object"))
+
+    def _parse_features(self) -> dict[str, Feature]:
+        out: dict[str, Feature] = {}
+        for name, spec in self.info["features"].items():
+            if not isinstance(spec, dict) or "dtype" not in spec:
+                raise DatasetFormatError(self._where(f"feature {name!r} has no 'dtype'"))
+            dtype = spec["dtype"]
+            if dtype not in KNOWN_DTYPES:
+                raise DatasetFormatError(
+                    self._where(
+                        f"feature {name!r} has unknown dtype {dtype!r} "
+                        f"(known: {', '.join(sorted(KNOWN_DTYPES))})"
+                    )
+                )
+            shape = spec.get("shape")
+            if not isinstance(shape, list | tuple) or not all(isinstance(s, int) for s in shape):
+                raise DatasetFormatError(
+                    self._where(f"feature {name!r} has no valid 'shape' (got {shape!r})")
+                )
+            out[name] = Feature(
+                name, dtype, tuple(shape), spec.get("names"), spec.get("info") or {}
+            )
+        for name in REQUIRED_FEATURES:
+            if name not in out:
+                raise DatasetFormatError(self._where(f"missing required feature {name!r}"))
+        return out
+
+    # ----------------------------------------------------------------- episodes
+    def _episode_files(self) -> list[str]:
+        files = [p for p in self.source.list(EPISODES_DIR) if p.endswith(".parquet")]
+        if not files:
+            raise DatasetFormatError(
+                f"{self.source.describe(EPISODES_DIR)}: no episodes parquet files found"
+            )
+        return files
+
+    def _load_episodes(self) -> EpisodeIndex:
+        wanted = list(EPISODE_COLUMNS) + ["tasks"]
+        for key in self.video_keys:
+            wanted += [
+                f"videos/{key}/{c}"
+                for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
+            ]
+        tables = []
+        for rel in self._episode_files():
+            where = self.source.describe(rel)
+            try:
+                with self.source.open(rel) as f:
+                    pf = pq.ParquetFile(f)
+                    names = set(pf.schema_arrow.names)
+                    missing = [c for c in wanted if c not in names and c != "tasks"]
+                    if missing:
+                        raise DatasetFormatError(f"{where}: missing episode columns {missing}")
+                    cols = [c for c in wanted if c in names]
+                    tables.append(pf.read(columns=cols))
+            except DatasetFormatError:
+                raise
+            except (pa.ArrowException, OSError) as exc:
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise DatasetFormatError(f"{where}: unreadable episodes parquet ({exc})") from exc
+        table = pa.concat_tables(tables, promote_options="default")
+        order = np.argsort(table.column("episode_index").to_numpy(), kind="stable")
+
+        def col(name: str, dtype: Any) -> np.ndarray:
+            arr = table.column(name)
+            if arr.null_count:
+                raise DatasetFormatError(
+                    f"{self.source.describe(EPISODES_DIR)}: column {name!r} has null values"
+                )
+            return np.asarray(arr.to_numpy(), dtype=dtype)[order]
+
+        tasks: list[list[str]] = [[] for _ in range(table.num_rows)]
+        if "tasks" in table.column_names:
+            raw = table.column("tasks").to_pylist()
+            tasks = [list(raw[i] or []) for i in order]
+        videos = {
+            key: VideoIndex(
+                chunk=col(f"videos/{key}/chunk_index", np.int64),
+                file=col(f"videos/{key}/file_index", np.int64),
+                from_ts=col(f"videos/{key}/from_timestamp", np.float64),
+                to_ts=col(f"videos/{key}/to_timestamp", np.float64),
+            )
+            for key in self.video_keys
+        }
+        index = EpisodeIndex(
+            episode_index=col("episode_index", np.int64),
+            length=col("length", np.int64),
+            data_chunk=col("data/chunk_index", np.int64),
+            data_file=col("data/file_index", np.int64),
+            from_index=col("dataset_from_index", np.int64),
+            to_index=col("dataset_to_index", np.int64),
+            tasks=tasks,
+            videos=videos,
+        )
+        if len(np.unique(index.episode_index)) != len(index):
+            raise DatasetFormatError(
+                f"{self.source.describe(EPISODES_DIR)}: duplicate episode_index values"
+            )
+        bad = np.nonzero(index.to_index - index.from_index != index.length)[0]
+        if len(bad):
+            e = int(index.episode_index[bad[0]])
+            raise DatasetFormatError(
+                f"{self.source.describe(EPISODES_DIR)}: episode {e}: dataset_to_index - "
+                f"dataset_from_index = {int(index.to_index[bad[0]] - index.from_index[bad[0]])} "
+                f"but length = {int(index.length[bad[0]])}"
+            )
+        return index
+
+    def _validate_totals(self) -> None:
+        n, frames = len(self.episodes), int(self.episodes.length.sum())
+        if int(self.info["total_episodes"]) != n:
+            raise DatasetFormatError(
+                self._where(
+                    f"total_episodes is {self.info['total_episodes']} but the episodes index "
+                    f"has {n} episodes"
+                )
+            )
+        if int(self.info["total_frames"]) != frames:
+            raise DatasetFormatError(
+                self._where(
+                    f"total_frames is {self.info['total_frames']} but the episodes' lengths "
+                    f"sum to {frames}"
+                )
+            )
+
+    # ----------------------------------------------------------------- tasks
+    def _load_tasks(self) -> dict[int, str]:
+        self.bad_tasks: dict[int, str] = {}  # task_index -> why its string is unusable
+        if not self.source.exists(TASKS_PATH):
+            return {}
+        where = self.source.describe(TASKS_PATH)
+        try:
+            with self.source.open(TASKS_PATH) as f:
+                table = pq.read_table(f)
+        except (pa.ArrowException, OSError) as exc:
+            raise DatasetFormatError(f"{where}: unreadable tasks parquet ({exc})") from exc
+        names = table.column_names
+        if "task_index" not in names:
+            raise DatasetFormatError(f"{where}: missing column 'task_index'")
+        text_col = next((c for c in ("task", "__index_level_0__") if c in names), None)
+        if text_col is None:
+            raise DatasetFormatError(
+                f"{where}: no task string column ('task' or the unnamed index "
+                f"'__index_level_0__'); columns are {names}"
+            )
+        idx = table.column("task_index").to_pylist()
+        text = table.column(text_col).to_pylist()
+        tasks: dict[int, str] = {}
+        for i, t in zip(idx, text, strict=True):
+            # Why: str(b"...") or str(None) would hand a model a wrong task string; a bad
+            # task is kept aside and raises in task_of, so only its episodes fail or skip.
+            if isinstance(t, bytes):
+                try:
+                    t = t.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    self.bad_tasks[int(i)] = (
+                        f"task string is not valid UTF-8 (byte {exc.start}: {t[:40]!r})"
+                    )
+                    continue
+            if t is None:
+                self.bad_tasks[int(i)] = "task string is missing (null)"
+                continue
+            tasks[int(i)] = str(t)
+        return tasks
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """``meta/stats.json`` (loaded on first use; empty if the file is absent)."""
+        if self._stats is None:
+            self._stats = (
+                self.source.read_json(STATS_PATH) if self.source.exists(STATS_PATH) else {}
+            )
+        return self._stats
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def total_frames(self) -> int:
+        return int(self.episodes.length.sum())
+
+    def data_file(self, episode: int) -> str:
+        row = self.episodes.row(episode)
+        return self.info["data_path"].format(
+            chunk_index=int(self.episodes.data_chunk[row]),
+            file_index=int(self.episodes.data_file[row]),
+        )
+
+    def video_file(self, episode: int, key: str) -> str:
+        row = self.episodes.row(episode)
+        vid = self.episodes.videos[key]
+        return self.info["video_path"].format(
+            video_key=key, chunk_index=int(vid.chunk[row]), file_index=int(vid.file[row])
+        )
+
+    def video_from_timestamp(self, episode: int, key: str) -> float:
+        """Where ``episode`` starts in ``key``'s file; refuses a position that cannot be trusted.
+
+        Why: a from_timestamp off by whole frames still decodes frames within tolerance, of
+        another episode; only the episode index's own consistency can reveal it.
+        """
+        row = self.episodes.row(episode)
+        problem = self.video_position_problems(key).get(row)
+        if problem is not None:
+            raise DatasetFormatError(
+                f"{self.source.describe(EPISODES_DIR)}: episode {episode}, camera {key!r}: "
+                f"{problem}; the episode's video position is ambiguous"
+            )
+        return float(self.episodes.videos[key].from_ts[row])
+
+    def video_position_problems(self, key: str) -> dict[int, str]:
+        """Episode rows whose ``key`` range ``[from_timestamp, to_timestamp)`` is inconsistent.
+
+        Half a frame of slack everywhere. Refused: a range shorter than the episode (its last
+        frames would be the next episode's), one that starts before 0 or before the end of
+        the previous episode in the same file (it would show that episode's frames). Allowed:
+        a longer range (a video with extra frames decodes correctly) and gaps between episodes.
+        """
+        cache: dict[str, dict[int, str]] = self.__dict__.setdefault("_video_problems", {})
+        if key in cache:
+            return cache[key]
+        vid, eps = self.episodes.videos[key], self.episodes
+        half, out = 0.5 / self.fps, {}
+        span, need = vid.to_ts - vid.from_ts, eps.length / self.fps
+        for row in np.nonzero(span < need - half)[0].tolist():
+            out[row] = (
+                f"from_timestamp {vid.from_ts[row]:.6f}s .. to_timestamp {vid.to_ts[row]:.6f}s "
+                f"spans {span[row]:.6f}s, less than its {int(eps.length[row])} frames at "
+                f"{self.fps} fps ({need[row]:.6f}s)"
+            )
+        order = np.lexsort((vid.from_ts, vid.file, vid.chunk)).tolist()
+        for i, row in enumerate(order):
+            prev = order[i - 1] if i else None
+            same = prev is not None and (vid.chunk[prev], vid.file[prev]) == (
+                vid.chunk[row],
+                vid.file[row],
+            )
+            start = vid.to_ts[prev] if same else 0.0
+            if vid.from_ts[row] < start - half and row not in out:
+                after = f"the end of episode {int(eps.episode_index[prev])}" if same else "0"
+                out[row] = (
+                    f"from_timestamp {vid.from_ts[row]:.6f}s is before {after} "
+                    f"({start:.6f}s) in the same file"
+                )
+        cache[key] = out
+        return out
+
+    def task_of(self, task_index: int, *, episode: int | None = None) -> str:
+        try:
+            return self.tasks[int(task_index)]
+        except KeyError:
+            where = f"episode {episode}: " if episode is not None else ""
+            bad = self.bad_tasks.get(int(task_index))
+            why = f": {bad}" if bad else " has no task"
+            raise DatasetFormatError(
+                f"{self.source.describe(TASKS_PATH)}: {where}task_index {task_index}{why}"
+            ) from None
+
+    def non_visual_keys(self) -> list[str]:
+        """Tabular features, read from the data parquet."""
+        return [k for k, f in self.features.items() if not f.is_visual]

@@ -1,0 +1,191 @@
+"""Reading one episode's rows from the data parquet files.
+
+LeRobot writes one row group per episode, so an episode is normally a single row-group read;
+that is checked from the row-group statistics, never assumed, and a file without them falls
+back to reading and filtering. Parquet handles are kept in a small LRU so that consecutive
+episodes of one file do not re-open it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from framestream._errors import DatasetFormatError
+from framestream.format.meta import DatasetMeta
+
+
+@dataclass
+class EpisodeData:
+    """One episode's tabular columns as arrays of length ``length`` (frame order)."""
+
+    episode: int
+    length: int
+    from_index: int
+    columns: dict[str, Any]  # np.ndarray (L, ...) or list (strings, image bytes)
+    # Columns converted to their output dtype, once per episode (see _sample.typed_column).
+    typed: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return self.columns["timestamp"]
+
+
+def _column_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> Any:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    t = arr.type
+    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
+        values = arr.flatten().to_numpy(zero_copy_only=False)
+        return values.reshape(n, -1) if n else values.reshape(0, 0)
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_struct(t):
+        return arr.to_pylist()
+    return arr.to_numpy(zero_copy_only=False)
+
+
+class TableReader:
+    """Reads episodes' rows; holds at most ``capacity`` open parquet files."""
+
+    def __init__(self, meta: DatasetMeta, *, capacity: int = 4) -> None:
+        self.meta = meta
+        self.capacity = capacity
+        self._files: OrderedDict[str, tuple[Any, pq.ParquetFile, dict[int, int] | None]] = (
+            OrderedDict()
+        )
+        self.columns = meta.non_visual_keys() + meta.image_keys
+
+    def _open(self, rel: str) -> tuple[pq.ParquetFile, dict[int, int] | None]:
+        hit = self._files.get(rel)
+        if hit is not None:
+            self._files.move_to_end(rel)
+            return hit[1], hit[2]
+        where = self.meta.source.describe(rel)
+        try:
+            handle = self.meta.source.open(rel)
+        except FileNotFoundError as exc:
+            raise DatasetFormatError(f"{where}: data file not found") from exc
+        try:
+            pf = pq.ParquetFile(handle)
+        except (pa.ArrowException, OSError) as exc:
+            handle.close()
+            raise DatasetFormatError(f"{where}: unreadable parquet file ({exc})") from exc
+        self._files[rel] = (handle, pf, self._row_group_map(pf))
+        while len(self._files) > self.capacity:
+            _, (old, _, _) = self._files.popitem(last=False)
+            old.close()
+        return pf, self._files[rel][2]
+
+    @staticmethod
+    def _row_group_map(pf: pq.ParquetFile) -> dict[int, int] | None:
+        """episode -> row group, when every row group holds exactly one episode."""
+        md = pf.metadata
+        try:
+            col = pf.schema_arrow.get_field_index("episode_index")
+        except KeyError:
+            return None
+        if col < 0:
+            return None
+        out: dict[int, int] = {}
+        for g in range(md.num_row_groups):
+            st = md.row_group(g).column(col).statistics
+            if st is None or not st.has_min_max or st.min != st.max or int(st.min) in out:
+                return None
+            out[int(st.min)] = g
+        return out
+
+    def read(self, episode: int) -> EpisodeData:
+        """All tabular columns of ``episode``, validated against the episode index."""
+        meta = self.meta
+        row = meta.episodes.row(episode)
+        rel = meta.data_file(episode)
+        where = meta.source.describe(rel)
+        length = int(meta.episodes.length[row])
+        pf, groups = self._open(rel)
+        missing = [c for c in self.columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise DatasetFormatError(f"{where}: episode {episode}: missing data columns {missing}")
+        try:
+            if groups is not None and episode in groups:
+                table = pf.read_row_group(groups[episode], columns=self.columns)
+            else:
+                table = pf.read(columns=self.columns)
+                table = table.filter(pc.equal(table.column("episode_index"), episode))
+        except (pa.ArrowException, OSError) as exc:
+            dropped = self._files.pop(rel, None)
+            if dropped is not None:
+                dropped[0].close()  # a broken file is re-opened next time, not leaked
+            raise DatasetFormatError(
+                f"{where}: episode {episode}: cannot read rows ({type(exc).__name__}: {exc})"
+            ) from exc
+        if table.num_rows != length:
+            raise DatasetFormatError(
+                f"{where}: episode {episode}: the episode index says {length} frames but the "
+                f"data file holds {table.num_rows} rows"
+            )
+        cols = {name: _column_to_numpy(table.column(name), length) for name in self.columns}
+        frame_index = cols["frame_index"]
+        if length and not np.array_equal(frame_index, np.arange(length)):
+            order = np.argsort(frame_index, kind="stable")
+            if not np.array_equal(frame_index[order], np.arange(length)):
+                raise DatasetFormatError(
+                    f"{where}: episode {episode}: frame_index is not 0..{length - 1}"
+                )
+            cols = {
+                k: (v[order] if isinstance(v, np.ndarray) else [v[i] for i in order])
+                for k, v in cols.items()
+            }
+        from_index = int(meta.episodes.from_index[row])
+        if length and (
+            cols["index"][0] != from_index or cols["index"][-1] != from_index + length - 1
+        ):
+            raise DatasetFormatError(
+                f"{where}: episode {episode}: 'index' runs {int(cols['index'][0])}.."
+                f"{int(cols['index'][-1])} but the episode index says {from_index}.."
+                f"{from_index + length - 1}"
+            )
+        self._check_finite(cols, where, episode)
+        return EpisodeData(episode=episode, length=length, from_index=from_index, columns=cols)
+
+    def _check_finite(self, cols: dict[str, Any], where: str, episode: int) -> None:
+        """NaN in a float feature is an error: a model fed NaN fails silently, far away."""
+        for name, values in cols.items():
+            if self.meta.features[name].dtype not in ("float32", "float64"):
+                continue
+            if not isinstance(values, np.ndarray) or values.dtype.kind != "f":
+                continue
+            nan = np.isnan(values)
+            if nan.any():
+                frame = int(np.nonzero(nan.reshape(len(values), -1).any(axis=1))[0][0])
+                raise DatasetFormatError(
+                    f"{where}: episode {episode}: feature {name!r} is NaN at frame {frame} "
+                    f"({int(nan.sum())} NaN values in the episode)"
+                )
+
+    def close(self) -> None:
+        for handle, _, _ in self._files.values():
+            handle.close()
+        self._files.clear()
+
+
+def image_frames(ep: EpisodeData, key: str, indices: np.ndarray) -> Any:
+    """Decode ``image`` features (PNG/JPEG bytes stored in the parquet) to uint8 HWC frames."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for i in indices:
+        cell = ep.columns[key][int(i)]
+        raw = cell.get("bytes") if isinstance(cell, dict) else cell
+        if raw is None:
+            raise DatasetFormatError(
+                f"episode {ep.episode}, frame {int(i)}: image feature {key!r} has no bytes"
+            )
+        with Image.open(io.BytesIO(raw)) as im:
+            out.append(np.asarray(im.convert("RGB")))
+    return out

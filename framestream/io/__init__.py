@@ -1,0 +1,1 @@
+"""framestream.io: private; the public API is in :mod:`framestream`."""

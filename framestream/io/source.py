@@ -1,0 +1,564 @@
+"""Where a dataset's bytes come from: one fsspec filesystem and a root inside it.
+
+Everything downstream asks the :class:`Source` for a relative path (``meta/info.json``,
+``videos/cam/chunk-000/file-001.mp4``), so nothing assumes a local folder. Local paths get a
+fast path (decoders open them by name, without a Python file object in between).
+
+Remote roots (``s3://``, ``http(s)://``, ``hf://`` and Hub repo ids) go through a local
+:class:`~framestream.io.cache.ByteCache`: a file is fetched whole (in parallel byte ranges),
+checked against the remote size and ETag, renamed into the cache, and then read like a local
+file. Every remote request has connect/read timeouts and is retried with exponential backoff
+on transient errors; what still fails is raised as :class:`SourceError` naming the URL.
+With ``cache_max_bytes=0`` (or when the cache cannot make room) files are read in place with
+retried range requests instead.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
+from typing import IO, Any, TypeVar
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from framestream._errors import DatasetFormatError, SourceError
+from framestream.io.cache import (
+    DEFAULT_MAX_BYTES,
+    ByteCache,
+    CachedFile,
+    CacheFullError,
+    IOCounters,
+    RemoteInfo,
+    cache_dir,
+    cache_key,
+)
+from framestream.io.remote import (
+    RemoteChangedError,
+    RemoteOptions,
+    _etag_of,
+    _ShortReadError,
+    _why,
+    is_transient,
+    resolve_url,
+)
+
+__all__ = ["RemoteChangedError", "RemoteOptions", "Source", "is_transient", "resolve_url"]
+
+T = TypeVar("T")
+
+_EPISODES_FILE = "meta/episodes/chunk-{chunk:03d}/file-{file:03d}.parquet"
+
+
+def default_cache_dir() -> str:
+    return str(cache_dir() / "bytes")
+
+
+@dataclass
+class Source:
+    """A dataset root on some filesystem, plus the options used to open and cache it.
+
+    Args:
+        url: a local folder, ``s3://bucket/prefix``, ``http(s)://host/path``,
+            ``hf://datasets/org/name`` or a Hub repo id ``org/name``.
+        storage_options: passed to fsspec (credentials, ``endpoint_url``...). For ``s3://``
+            the endpoint and region also come from ``AWS_ENDPOINT_URL(_S3)`` and
+            ``AWS_REGION``/``AWS_DEFAULT_REGION``, credentials from the usual AWS variables.
+        revision: the Hub revision (branch, tag or commit) of a Hub dataset.
+        cache_dir: where remote bytes are cached (default ``<framestream cache>/bytes``).
+        cache_max_bytes: the cache's size limit (default 20 GiB); 0 disables the cache.
+        remote: timeouts, retries and fetch sizes (:class:`RemoteOptions`, or a dict of them).
+    """
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    revision: str | None = None
+    cache_dir: str | None = None
+    cache_max_bytes: int | None = None
+    remote: RemoteOptions | Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.url = resolve_url(os.fspath(self.url), self.revision)
+        self.storage_options = dict(self.storage_options or {})
+        if not isinstance(self.remote, RemoteOptions):
+            self.remote = RemoteOptions(**dict(self.remote or {}))
+        self._lock = threading.Lock()
+        self._fs_pid = -1
+        self._fs: fsspec.AbstractFileSystem | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._infos: dict[str, RemoteInfo | None] = {}
+        fs, root = self._make_fs()
+        self._fs, self._fs_pid = fs, os.getpid()
+        self.root: str = root.rstrip("/")
+        self.protocol: str = self.protocol_of(fs)
+        self.is_local = self.protocol in ("file", "local")
+        self.counters = IOCounters()
+        self.cache: ByteCache | None = None
+        if not self.is_local and self.cache_max_bytes != 0:
+            self.cache = ByteCache(
+                self.cache_dir or default_cache_dir(),
+                DEFAULT_MAX_BYTES if self.cache_max_bytes is None else self.cache_max_bytes,
+                counters=self.counters,
+                lock_timeout_s=self.remote.lock_timeout_s,
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Filesystems, pools and locks are re-created in each worker process, not pickled.
+        return {
+            "url": self.url,
+            "storage_options": self.storage_options,
+            "revision": None,  # already part of the resolved URL
+            "cache_dir": self.cache_dir,
+            "cache_max_bytes": self.cache_max_bytes,
+            "remote": asdict(self.remote),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    # --------------------------------------------------------------- filesystem
+    def _fs_options(self) -> dict[str, Any]:
+        """``storage_options`` plus timeouts and env defaults the user did not set."""
+        opts = dict(self.storage_options)
+        scheme = self.url.split("://", 1)[0] if "://" in self.url else "file"
+        r = self.remote
+        if scheme in ("s3", "s3a"):
+            ck = dict(opts.get("client_kwargs") or {})
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            if endpoint and "endpoint_url" not in ck and "endpoint_url" not in opts:
+                ck["endpoint_url"] = endpoint
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            if region and "region_name" not in ck:
+                ck["region_name"] = region
+            opts["client_kwargs"] = ck
+            cfg = dict(opts.get("config_kwargs") or {})
+            cfg.setdefault("connect_timeout", r.connect_timeout_s)
+            cfg.setdefault("read_timeout", r.read_timeout_s)
+            cfg.setdefault("retries", {"max_attempts": 0, "mode": "standard"})  # ours instead
+            opts["config_kwargs"] = cfg
+            opts.setdefault("skip_instance_cache", True)  # we set its retries (below)
+        elif scheme in ("http", "https"):
+            import aiohttp
+
+            ck = dict(opts.get("client_kwargs") or {})
+            ck.setdefault(
+                "timeout",
+                aiohttp.ClientTimeout(
+                    total=None,
+                    connect=r.connect_timeout_s,
+                    sock_connect=r.connect_timeout_s,
+                    sock_read=r.read_timeout_s,
+                ),
+            )
+            opts["client_kwargs"] = ck
+            opts.setdefault("skip_instance_cache", True)
+        return opts
+
+    def _make_fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, root = url_to_fs(self.url, **self._fs_options())
+        if self.protocol_of(fs) in ("s3", "s3a"):
+            fs.retries = 1  # s3fs's own retry loop off: ours is configurable and reports the URL
+        return fs, root
+
+    @staticmethod
+    def protocol_of(fs: fsspec.AbstractFileSystem) -> str:
+        return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """This process's filesystem (async filesystems are not fork-safe: one per process)."""
+        if self._fs is None or self._fs_pid != os.getpid():
+            with self._lock:
+                if self._fs is None or self._fs_pid != os.getpid():
+                    self._fs = self._make_fs()[0]
+                    self._fs_pid, self._pool, self._infos = os.getpid(), None, {}
+        return self._fs
+
+    def path(self, relative: str) -> str:
+        """The full path of ``relative`` on this source's filesystem."""
+        return f"{self.root}/{relative}" if self.root else relative
+
+    def describe(self, relative: str) -> str:
+        """A human-readable location for error messages."""
+        if self.is_local:
+            return self.path(relative)
+        return f"{self.url.rstrip('/')}/{relative}"
+
+    def _identity(self, relative: str) -> str:
+        """What makes a remote file unique across servers (the cache key's input)."""
+        endpoint = ""
+        if self.protocol in ("s3", "s3a"):
+            ck = self._fs_options().get("client_kwargs", {})
+            endpoint = str(self.storage_options.get("endpoint_url") or ck.get("endpoint_url", ""))
+        elif self.protocol == "hf":
+            endpoint = os.environ.get("HF_ENDPOINT", "")
+        return f"{self.protocol}|{endpoint}|{self.path(relative)}"
+
+    # --------------------------------------------------------------- retries
+    def _retrying(self, what: str, relative: str, fn: Callable[[], T]) -> T:
+        """Run one remote request with timeouts already set, retrying transient failures."""
+        r = self.remote
+        delay = r.backoff_s
+        for attempt in itertools.count():
+            try:
+                self.counters.add("remote_requests")
+                return fn()
+            except Exception as exc:
+                where = self.describe(relative)
+                transient = is_transient(exc)
+                if not transient:
+                    if isinstance(exc, FileNotFoundError):
+                        raise FileNotFoundError(f"{where}: file not found") from exc
+                    if isinstance(exc, OSError) and not isinstance(exc, SourceError):
+                        raise SourceError(f"{where}: {what} failed ({_why(exc)})") from exc
+                    raise
+                if attempt >= r.retries:
+                    raise SourceError(
+                        f"{where}: {what} failed after {attempt + 1} attempts ({_why(exc)})"
+                    ) from exc
+                self.counters.add("remote_retries")
+                time.sleep(min(delay, r.max_backoff_s) * random.uniform(0.5, 1.0))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _stat_remote(self, relative: str) -> RemoteInfo:
+        path = self.path(relative)
+
+        def stat() -> dict[str, Any]:
+            if self.protocol in ("http", "https"):
+                return self._http_head(path)
+            try:
+                self.fs.invalidate_cache(path)
+            except Exception:  # noqa: S110 - a filesystem without a listings cache
+                pass
+            return self.fs.info(path)
+
+        info = self._retrying("stat", relative, stat)
+        if info.get("type") == "directory":
+            raise IsADirectoryError(f"{self.describe(relative)}: is a folder, not a file")
+        if info.get("size") is None:
+            raise SourceError(f"{self.describe(relative)}: the server gives no size")
+        return RemoteInfo(int(info["size"]), _etag_of(info))
+
+    def _http_head(self, url: str) -> dict[str, Any]:
+        """One HEAD request. fsspec's ``info`` falls back to a GET of the whole file when
+        HEAD fails (for a video, the whole video), and reports any failure as not found."""
+        from fsspec.asyn import sync
+
+        fs = self.fs
+
+        async def head() -> dict[str, Any]:
+            session = await fs.set_session()
+            headers = {"Accept-Encoding": "identity"}
+            async with session.head(url, allow_redirects=True, headers=headers) as r:
+                if r.status == 404:
+                    raise FileNotFoundError(url)
+                if r.status == 405:  # HEAD not allowed: let fsspec find the size its way
+                    return {}
+                r.raise_for_status()
+                out: dict[str, Any] = {"etag": r.headers.get("ETag")}
+                if "Content-Length" in r.headers and r.headers.get("Content-Encoding") in (
+                    None,
+                    "",
+                    "identity",
+                ):
+                    out["size"] = int(r.headers["Content-Length"])
+                return out
+
+        info = sync(fs.loop, head)
+        return info if info.get("size") is not None else fs.info(url)
+
+    def _remote_info(self, relative: str, required: bool = True) -> RemoteInfo | None:
+        """The remote size/ETag, asked once per process (``required=False``: None if unknown)."""
+        self.fs  # noqa: B018 - a new process starts with an empty memo
+        if relative in self._infos:
+            known = self._infos[relative]
+            if known is not None or not required:
+                return known
+        if not required and not self.remote.revalidate:
+            return None
+        try:
+            info = self._stat_remote(relative)
+        except SourceError:
+            if required:
+                raise
+            self._infos[relative] = None  # unreachable: a whole cached copy will do
+            return None
+        self._infos[relative] = info
+        return info
+
+    def _read_range(self, relative: str, start: int, end: int) -> bytes:
+        path = self.path(relative)
+
+        def get() -> bytes:
+            data = self.fs.cat_file(path, start=start, end=end)
+            if len(data) != end - start:
+                raise _ShortReadError(
+                    f"bytes {start}-{end - 1}: got {len(data)} of {end - start} bytes "
+                    "(truncated object or transfer)"
+                )
+            return data
+
+        data = self._retrying(f"read of bytes {start}-{end - 1}", relative, get)
+        self.counters.add("bytes_fetched", len(data))
+        return data
+
+    def _block_pool(self) -> ThreadPoolExecutor:
+        self.fs  # noqa: B018 - resets the pool in a new process
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max(1, self.remote.concurrency), thread_name_prefix="framestream-fetch"
+                )
+            return self._pool
+
+    def _fetch_into(self, relative: str, tmp: str, info: RemoteInfo) -> None:
+        """Write the remote file into ``tmp`` (pre-sized), then check it is whole and current."""
+        bs = max(1, self.remote.block_size)
+        ranges = [(s, min(s + bs, info.size)) for s in range(0, info.size, bs)]
+        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+
+            def one(rng: tuple[int, int]) -> int:
+                data = self._read_range(relative, *rng)
+                os.pwrite(fd, data, rng[0])
+                return len(data)
+
+            if len(ranges) <= 1 or self.remote.concurrency <= 1:
+                got = sum(one(rng) for rng in ranges)
+            else:
+                futures = [self._block_pool().submit(one, rng) for rng in ranges]
+                try:
+                    got = sum(f.result() for f in futures)
+                finally:
+                    for f in futures:
+                        f.cancel()
+        finally:
+            os.close(fd)
+        now = self._stat_remote(relative)
+        where = self.describe(relative)
+        if got != info.size or now.size != info.size:
+            raise RemoteChangedError(
+                f"{where}: size changed while it was fetched ({info.size} bytes announced, "
+                f"{got} received, {now.size} now)"
+            )
+        if info.etag is not None and now.etag is not None and now.etag != info.etag:
+            raise RemoteChangedError(
+                f"{where}: the object changed while it was fetched (ETag {info.etag} -> {now.etag})"
+            )
+
+    # --------------------------------------------------------------- cache
+    def pin(self, relative: str) -> CachedFile | None:
+        """A local copy of ``relative`` that stays in the cache until ``release()``.
+
+        Local sources give the file itself. Remote sources fetch it into the cache first (or
+        find it there); None means it must be read remotely (no cache, or no room in it).
+        """
+        if self.is_local:
+            return CachedFile(self.path(relative), -1, None)
+        if self.cache is None:
+            return None
+        key = cache_key(self._identity(relative))
+        suffix = PurePosixPath(relative).suffix
+        where = self.describe(relative)
+        last: Exception | None = None
+        delay = self.remote.backoff_s
+        for _ in range(self.remote.retries + 1):
+            try:
+                return self.cache.acquire(
+                    key,
+                    suffix,
+                    remote_info=lambda required: self._remote_info(relative, required),
+                    fetch=lambda tmp, info: self._fetch_into(relative, tmp, info),
+                    describe=where,
+                )
+            except RemoteChangedError as exc:
+                last = exc
+                self._infos.pop(relative, None)
+                time.sleep(min(delay, self.remote.max_backoff_s) * random.uniform(0.5, 1.0))
+                delay *= 2
+            except CacheFullError:
+                self.counters.add("byte_cache_bypass")
+                return None
+        raise RemoteChangedError(
+            f"{last} (still changing after {self.remote.retries + 1} attempts)"
+        ) from last
+
+    def prefetch(self, relative: str) -> None:
+        """Bring ``relative`` into the cache (a no-op for local sources)."""
+        if not self.is_local and self.cache is not None:
+            pin = self.pin(relative)
+            if pin is not None:
+                pin.release()
+
+    def io_stats(self) -> dict[str, int]:
+        """This process's remote I/O counters (bytes fetched, requests, cache hits...)."""
+        return self.counters.snapshot()
+
+    # --------------------------------------------------------------- reading
+    def exists(self, relative: str) -> bool:
+        if self.is_local:
+            return self.fs.exists(self.path(relative))
+        try:
+            self._remote_info(relative)
+        except (FileNotFoundError, IsADirectoryError):
+            return False
+        return True
+
+    def open(self, relative: str, mode: str = "rb") -> IO[bytes]:
+        """Open a file; a missing file raises :class:`FileNotFoundError` naming it."""
+        if self.is_local or mode != "rb":
+            try:
+                return self.fs.open(self.path(relative), mode)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"{self.describe(relative)}: file not found") from exc
+            except OSError as exc:
+                raise SourceError(f"{self.describe(relative)}: cannot open ({exc})") from exc
+        if self._read_in_place(relative):
+            # Unbuffered: pyarrow asks for the footer and each needed column chunk exactly.
+            return _RemoteRaw(self, relative, self._remote_info(relative).size)  # type: ignore[union-attr]
+        pin = self.pin(relative)
+        if pin is not None:
+            return _PinnedReader(pin)
+        info = self._remote_info(relative)
+        assert info is not None
+        raw = _RemoteRaw(self, relative, info.size)
+        return io.BufferedReader(raw, buffer_size=max(1, self.remote.read_buffer_size))
+
+    def _read_in_place(self, relative: str) -> bool:
+        """Large episode index files are read once per run, a few columns of hundreds
+        (``stats/*``): range reads of those columns beat copying the whole file."""
+        if not (relative.startswith("meta/episodes/") and relative.endswith(".parquet")):
+            return False
+        info = self._remote_info(relative)
+        return info is not None and info.size >= self.remote.metadata_in_place_bytes
+
+    def local_path(self, relative: str) -> str | None:
+        """A path a native library can open directly, or None for files read remotely.
+
+        For a remote source this is the cached copy (fetched if needed). It is not pinned:
+        hold :meth:`pin` instead while the file must not be evicted.
+        """
+        if self.is_local:
+            return self.path(relative)
+        pin = self.pin(relative)
+        if pin is None:
+            return None
+        pin.release()
+        return pin.path
+
+    def read_json(self, relative: str) -> dict[str, Any]:
+        with self.open(relative) as f:
+            raw = f.read()
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DatasetFormatError(f"{self.describe(relative)}: not valid JSON ({exc})") from exc
+        if not isinstance(value, dict):
+            raise DatasetFormatError(f"{self.describe(relative)}: expected a JSON object")
+        return value
+
+    def list(self, relative_dir: str) -> list[str]:
+        """Relative paths of the files below ``relative_dir`` (recursively), sorted.
+
+        HTTP servers cannot list folders; there only ``meta/episodes`` can be listed, by
+        probing LeRobot's ``chunk-CCC/file-FFF.parquet`` names in order until one is missing.
+        """
+        if self.protocol in ("http", "https"):
+            return self._probe_episode_files(relative_dir)
+        base = self.path(relative_dir)
+        if self.is_local:
+            if not self.fs.exists(base):
+                return []
+            found = self.fs.find(base)
+        else:
+
+            def find() -> list[str]:
+                try:
+                    return self.fs.find(base)
+                except FileNotFoundError:
+                    return []
+
+            found = self._retrying("list", relative_dir, find)
+        prefix = self.root + "/" if self.root else ""
+        out = []
+        for p in found:
+            p = p if not self.is_local else os.path.normpath(p)
+            rel = p[len(prefix) :] if p.startswith(prefix) else p
+            out.append(rel)
+        return sorted(out)
+
+    def _probe_episode_files(self, relative_dir: str) -> list[str]:
+        if relative_dir.strip("/") != "meta/episodes":
+            raise SourceError(
+                f"{self.describe(relative_dir)}: HTTP servers cannot list folders (only "
+                "meta/episodes can be found, by probing its file names)"
+            )
+        try:
+            chunks_size = int(self.read_json("meta/info.json").get("chunks_size") or 1000)
+        except FileNotFoundError:
+            chunks_size = 1000
+        out: list[str] = []
+        chunk = file = 0
+        while True:
+            rel = _EPISODES_FILE.format(chunk=chunk, file=file)
+            if not self.exists(rel):
+                return out
+            out.append(rel)
+            file += 1
+            if file >= chunks_size:
+                chunk, file = chunk + 1, 0
+
+
+class _PinnedReader(io.BufferedReader):
+    """A cached file opened for reading; closing it unpins it."""
+
+    def __init__(self, pin: CachedFile) -> None:
+        super().__init__(io.FileIO(pin.path, "rb"))
+        self._pin = pin
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._pin.release()
+
+
+class _RemoteRaw(io.RawIOBase):
+    """A remote file read in place with retried range requests (used without a cache)."""
+
+    def __init__(self, source: Source, relative: str, size: int) -> None:
+        self._source, self._rel, self._size, self._pos = source, relative, size, 0
+        self.name = source.describe(relative)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        data = self._source._read_range(self._rel, self._pos, self._pos + n)
+        buffer[:n] = data
+        self._pos += n
+        return n

@@ -1,0 +1,1 @@
+"""framestream.stream: private; the public API is in :mod:`framestream`."""

@@ -1,0 +1,210 @@
+"""The sample contract: delta windows, boundary padding and the dict a reader returns.
+
+Both the map-style and the streaming dataset build samples here, from the same inputs (an
+episode's tabular arrays and its decoded uint8 frames), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from framestream.decode import buffers as _buffers
+from framestream.format.meta import DatasetMeta
+from framestream.format.tables import EpisodeData
+
+INT_SCALARS = ("index", "episode_index", "frame_index", "task_index")
+
+
+class Sample(dict):
+    """A sample: a plain ``dict`` (LeRobot's keys) that torch's ``default_collate`` batches
+    with :func:`framestream.collate` (registered in its ``default_collate_fn_map``), so that a
+    DataLoader without a ``collate_fn`` gets the reusable worker shared memory too."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Integer frame offsets per key, from ``delta_timestamps``.
+
+    ``lookback``/``lookahead`` are the furthest offsets in each direction over all keys: a
+    reader keeps ``lookback + 1`` frames of history and decodes ``lookahead`` frames ahead.
+    There is no fixed ceiling; a 241-frame window is sized like a 2-frame one.
+    """
+
+    offsets: Mapping[str, np.ndarray]
+
+    @property
+    def lookback(self) -> int:
+        return max([0] + [int(-o.min()) for o in self.offsets.values() if len(o)])
+
+    @property
+    def lookahead(self) -> int:
+        return max([0] + [int(o.max()) for o in self.offsets.values() if len(o)])
+
+    def frame_offsets(self, key: str) -> np.ndarray:
+        """The offsets of ``key``; a key without a window reads only the current frame."""
+        return self.offsets.get(key, _ZERO)
+
+    @classmethod
+    def from_delta_timestamps(
+        cls,
+        delta_timestamps: Mapping[str, Sequence[float]] | None,
+        *,
+        meta: DatasetMeta,
+        tolerance_s: float,
+    ) -> WindowSpec:
+        if not delta_timestamps:
+            return cls({})
+        offsets: dict[str, np.ndarray] = {}
+        for key, deltas in delta_timestamps.items():
+            if key not in meta.features:
+                raise ValueError(
+                    f"delta_timestamps key {key!r} is not a feature of the dataset "
+                    f"(features: {sorted(meta.features)})"
+                )
+            d = np.asarray(list(deltas), dtype=np.float64)
+            if d.ndim != 1 or len(d) == 0:
+                raise ValueError(f"delta_timestamps[{key!r}] must be a non-empty list of seconds")
+            frames = d * meta.fps
+            rounded = np.round(frames)
+            off = np.abs(frames - rounded) / meta.fps
+            if np.any(off > tolerance_s):
+                i = int(np.argmax(off))
+                raise ValueError(
+                    f"delta_timestamps[{key!r}] = {d[i]!r}s is not a multiple of 1/fps "
+                    f"(fps={meta.fps}) within tolerance_s={tolerance_s}"
+                )
+            offsets[key] = rounded.astype(np.int64)
+        return cls(offsets)
+
+
+_ZERO = np.zeros(1, dtype=np.int64)
+
+
+def window_indices(frame: int, offsets: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Episode frame indices for a window (clamped into the episode) and the pad mask."""
+    raw = frame + offsets
+    return np.clip(raw, 0, length - 1), (raw < 0) | (raw >= length)
+
+
+def _to_tensor(value: Any, dtype: str) -> Any:
+    if dtype == "string":
+        return value
+    if isinstance(value, np.ndarray):
+        t = torch.from_numpy(np.array(value, copy=True))
+    else:
+        t = torch.as_tensor(value)
+    if dtype == "float64":
+        return t.to(torch.float64)
+    if dtype.startswith("float"):
+        return t.to(torch.float32)
+    if dtype == "bool":
+        return t.to(torch.bool)
+    return t.to(torch.int64) if dtype.startswith("int") else t
+
+
+def typed_column(ep: EpisodeData, key: str, dtype: str) -> np.ndarray | None:
+    """``ep``'s column ``key`` in its output dtype, converted once per episode.
+
+    None for columns that are not arrays (strings, image bytes): those convert per sample.
+    """
+    typed = ep.typed
+    if key not in typed:
+        value = ep.columns[key]
+        typed[key] = _to_tensor(value, dtype).numpy() if isinstance(value, np.ndarray) else None
+    return typed[key]
+
+
+def in_layout(frame: np.ndarray, *, channels_last: bool) -> np.ndarray:
+    """An HWC uint8 frame (as decoders give it) viewed in the output's memory order.
+
+    (C, H, W) for contiguous output, (H, W, C) for channels-last. A view, not a copy: a
+    reader that keeps frames copies them once, in this order, so that every sample reusing
+    a frame costs a memcpy rather than a transposing copy (~3 GB/s against ~20 GB/s here).
+    """
+    return frame if channels_last else frame.transpose(2, 0, 1)
+
+
+def stack_frames(frames: Sequence[np.ndarray] | np.ndarray, *, channels_last: bool) -> torch.Tensor:
+    """Frames in the output's memory order (:func:`in_layout`) into a (T, C, H, W) tensor.
+
+    ``channels_last=False``: contiguous (T, C, H, W). ``channels_last=True``: (T, H, W, C)
+    memory returned as a (T, C, H, W) view with channels-last strides, collated with a
+    memcpy by :func:`framestream.collate`. A list is copied into a recycled buffer
+    (:mod:`framestream.decode.buffers`); a 4-D array is the sample's own memory, used as is.
+    """
+    if isinstance(frames, np.ndarray):
+        tensor = torch.from_numpy(frames)
+    else:
+        tensor = _buffers.take((len(frames), *frames[0].shape))
+        np.stack(frames, out=tensor.numpy())
+    return tensor.permute(0, 3, 1, 2) if channels_last else tensor
+
+
+def image_to_output(frames: torch.Tensor, *, return_uint8: bool) -> torch.Tensor:
+    """uint8 (N, C, H, W) frames to the output dtype: float32 in [0, 1] unless ``return_uint8``.
+
+    Both keep the input's memory layout (a channels-last view stays channels-last).
+    """
+    return frames if return_uint8 else frames.to(torch.float32).div_(255.0)
+
+
+def build_sample(
+    ep: EpisodeData,
+    frame: int,
+    *,
+    meta: DatasetMeta,
+    spec: WindowSpec,
+    camera_frames: Callable[[str, np.ndarray], Sequence[np.ndarray] | np.ndarray],
+    return_uint8: bool,
+    image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """The sample of ``frame`` of ``ep``.
+
+    ``camera_frames(key, episode_frame_indices)`` returns the uint8 frames of a camera at
+    those (already clamped) indices in the output's memory order (:func:`in_layout`), as a
+    list of shared frames (copied into the sample) or as one 4-D array that the sample may
+    keep (a frame handed over on its last use); :func:`stack_frames` lays them out.
+    """
+    out: dict[str, Any] = Sample()
+    length = ep.length
+    features = meta.features
+    for key, value in ep.columns.items():
+        dtype = features[key].dtype
+        if dtype == "image":
+            continue
+        col = typed_column(ep, key, dtype)
+        if key in spec.offsets:
+            idx, pad = window_indices(frame, spec.offsets[key], length)
+            # numpy indexing copies: the sample owns its rows and never aliases the episode
+            # (a torch clone or gather costs several times more per key and sample).
+            out[key] = torch.from_numpy(col[idx]) if col is not None else [value[i] for i in idx]
+            out[f"{key}_is_pad"] = torch.from_numpy(pad)
+        elif col is not None:
+            out[key] = torch.from_numpy(np.array(col[frame]))
+        else:
+            out[key] = _to_tensor(value[frame], dtype)
+    for key in meta.camera_keys:
+        if key in spec.offsets:
+            idx, pad = window_indices(frame, spec.offsets[key], length)
+            frames = stack_frames(camera_frames(key, idx), channels_last=channels_last)
+            img = image_to_output(frames, return_uint8=return_uint8)
+            out[f"{key}_is_pad"] = torch.from_numpy(pad)
+        else:
+            frames = stack_frames(
+                camera_frames(key, np.array([frame])), channels_last=channels_last
+            )
+            img = image_to_output(frames, return_uint8=return_uint8)[0]
+        if image_transforms is not None:
+            img = image_transforms(img)
+        out[key] = img
+    task_index = int(ep.columns["task_index"][frame])
+    out["task"] = meta.task_of(task_index, episode=ep.episode)
+    return out

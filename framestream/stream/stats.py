@@ -1,0 +1,86 @@
+"""A shared-memory board where each DataLoader worker publishes its counters.
+
+Workers are separate processes, so the dataset object in the training process never sees
+their counters. Each worker adds its increments into its own row of a small shared array
+(inherited on fork, passed along on spawn); :meth:`StatsBoard.totals` sums the rows. A lock
+makes each publication atomic, so a snapshot never shows one field of a worker's update
+without the others (``delivered_frames`` always equals samples x frames per sample).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+from collections.abc import Iterator
+from typing import Any
+
+from framestream.io.cache import IO_FIELDS
+
+FIELDS = (
+    "samples",
+    "repeated_samples",
+    "decoded_frames",
+    "delivered_frames",
+    "episodes_opened",
+    "errors",
+    "skipped_episodes",
+    "skipped_samples",
+    "skipped_video_errors",
+    "skipped_timestamp_errors",
+    "skipped_data_errors",
+    "cache_hits",
+    "cache_misses",
+    "cache_evictions",
+    "batch_slots_reused",
+    "batch_slot_fallbacks",
+    "frame_buffers_reused",
+    "frame_buffers_allocated",
+    *IO_FIELDS,
+)
+MAX_SLOTS = 129  # worker ids 0..127 plus the main process
+LOCK_TIMEOUT_S = 2.0
+
+
+class StatsBoard:
+    def __init__(self) -> None:
+        self._arr = mp.RawArray("d", MAX_SLOTS * len(FIELDS))
+        self._epoch = mp.RawValue("q", 0)
+        self._lock = mp.Lock()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.value = int(value)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # A worker killed while publishing would leave the lock held: never wait forever.
+        held = self._lock.acquire(timeout=LOCK_TIMEOUT_S)
+        try:
+            yield
+        finally:
+            if held:
+                self._lock.release()
+
+    def add(self, slot: int, deltas: dict[str, float]) -> None:
+        base = (slot % MAX_SLOTS) * len(FIELDS)
+        with self._locked():
+            for i, name in enumerate(FIELDS):
+                d = deltas.get(name)
+                if d:
+                    self._arr[base + i] += d
+
+    def totals(self) -> dict[str, Any]:
+        n = len(FIELDS)
+        with self._locked():
+            values = self._arr[:]
+        sums = [sum(values[s * n + i] for s in range(MAX_SLOTS)) for i in range(n)]
+        return {name: int(v) for name, v in zip(FIELDS, sums, strict=True)}
+
+    def reset(self) -> None:
+        with self._locked():
+            for i in range(len(self._arr)):
+                self._arr[i] = 0.0
