@@ -6,6 +6,8 @@ The public surface is small; everything in a ``_module`` is private.
   split, windows of any length, decode-once video, resumable).
 - :class:`MapDataset` (alias ``LeRobotDataset``): random access, the reference for parity.
 - :class:`DatasetMeta`: ``info.json``, episodes index and tasks of a dataset.
+- :class:`StreamOptions`: every streaming knob, typed and validated once.
+- :class:`RemoteOptions`: timeouts, retries and fetch sizes for remote sources.
 - :class:`DatasetConfig` / :func:`make_dataset`: build either dataset from a YAML/JSON config.
 - :func:`generate_synthetic_dataset`: a valid v3.0 dataset with identifiable frames.
 """
@@ -24,6 +26,8 @@ from framestream.config import DatasetConfig, make_dataset
 from framestream.datasets.map_style import MapDataset
 from framestream.datasets.streaming import StreamingLeRobotDataset, merge_states
 from framestream.format.meta import DatasetMeta
+from framestream.io.remote import RemoteOptions
+from framestream.stream.options import StreamOptions
 
 LeRobotDataset = MapDataset
 
@@ -45,8 +49,10 @@ __all__ = [
     "FramestreamError",
     "LeRobotDataset",
     "MapDataset",
+    "RemoteOptions",
     "SourceError",
     "StateDictError",
+    "StreamOptions",
     "StreamingLeRobotDataset",
     "TimestampToleranceError",
     "VideoDecodeError",

@@ -5,10 +5,10 @@ each preemption) and must build the very same dataset every time, from a file ch
 experiment plus a few command-line overrides. ``make_dataset`` turns the config into either
 the map-style :class:`~framestream.MapDataset` or the :class:`~framestream.StreamingLeRobotDataset`.
 
-Every streaming knob is explicit. In particular the reservoir size is
-``streaming_buffer_size`` and nothing is derived from the number of DataLoader workers, so
-``num_workers=0`` streams the whole epoch in the main process (a loader that sizes its
-buffer from ``num_workers`` gets an empty stream there).
+The fields are not written here twice: where and what to read are declared below, and every
+streaming knob is a field of :class:`~framestream.StreamOptions` (type, default, doc and
+bounds), four of them renamed with a ``streaming_`` prefix. Nothing is derived from the number
+of DataLoader workers, so ``num_workers=0`` streams the whole epoch in the main process.
 
 Files (YAML or JSON) hold the fields at the top level or under a ``dataset:`` section, so the
 same file can carry a training script's other settings. Overrides use
@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
+import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -33,112 +33,100 @@ from framestream.datasets.map_style import MapDataset
 from framestream.datasets.streaming import StreamingLeRobotDataset
 from framestream.format.meta import DatasetMeta
 from framestream.io.source import Source, resolve_url
+from framestream.stream.options import StreamOptions, coerce
 
 __all__ = ["OVERRIDE_PREFIX", "DatasetConfig", "make_dataset"]
 
 OVERRIDE_PREFIX = "--dataset."
-_BACKENDS = (None, "torchcodec", "pyav")
+
+# StreamOptions fields that carry another name in a config (LeRobot's config names).
+_RENAMED = {
+    "buffer_size": "streaming_buffer_size",
+    "active_shards": "streaming_active_shards",
+    "shuffle_warmup": "streaming_shuffle_warmup",
+    "prefetch": "streaming_prefetch",
+}
 
 
-@dataclass
-class DatasetConfig:
-    """What to read and how to stream it.
+def _own(default: Any, doc: str, *, minimum: float | None = None, factory: Any = None) -> Any:
+    meta = {"doc": doc, "minimum": minimum}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
-    Attributes:
-        root: a local folder or an fsspec URL (``s3://``, ``http(s)://``, ``hf://``...).
-        repo_id: a Hugging Face Hub dataset (``user/name``), used when ``root`` is unset; read
-            as ``hf://datasets/<repo_id>[@<revision>]``.
-        revision: the Hub revision (branch, tag or commit) of a Hub dataset (``repo_id`` or an
-            ``hf://datasets/...`` root).
-        episodes: the episodes to read (default: all), in this order.
-        delta_timestamps: ``{key: [seconds, ...]}`` windows (each a multiple of 1/fps).
-        tolerance_s: the largest allowed gap between a queried and a decoded timestamp.
-        return_uint8: cameras as uint8 (4x less to move; convert on the GPU).
-        channels_last: cameras as channels-last views; collate with ``framestream.collate``.
-        video_backend: ``"torchcodec"``, ``"pyav"`` or None (torchcodec when it loads).
-        storage_options: passed to fsspec (credentials, endpoint...).
-        cache_dir, cache_max_bytes: the local byte cache remote files are read through
-            (default ``<framestream cache>/bytes``, 20 GiB); ``cache_max_bytes=0`` disables it.
-        remote_options: timeouts, retries, fetch sizes (``framestream.io.source.RemoteOptions``
-            fields).
-        streaming: build the streaming dataset (True) or the map-style one (False).
-        shuffle: streaming only: mix samples through the reservoir; False gives episodes and
-            frames in order.
-        seed: streaming only: with the epoch, fully determines the order.
-        streaming_buffer_size: the reservoir size (light references, large values are cheap).
-        streaming_active_shards: episode readers open at once per worker.
-        streaming_shuffle_warmup: references held before the first sample leaves.
-        video_decoder_cache_size: open decoders per worker; None means
-            ``(streaming_active_shards + 1) x cameras``.
-        decoder_threads: FFmpeg threads per decoder (1 suits one worker per core).
-        streaming_prefetch: segments beyond the open ones whose files each worker fetches
-            ahead from a remote source (0 disables prefetch).
-        on_error: ``"raise"`` stops at a broken episode; ``"skip"`` drops it and counts it in
-            ``stats()``.
-        even_ranks: every rank (and worker) gets the same number of samples, padding with
-            repeats flagged ``is_repeat``, so DDP ranks run the same number of steps.
-        rank, world_size: None resolves them from Accelerate, torch.distributed, then
-            ``RANK``/``WORLD_SIZE``; set them only to simulate a rank.
-    """
 
-    root: str | None = None
-    repo_id: str | None = None
-    revision: str | None = None
-    episodes: list[int] | None = None
-    delta_timestamps: dict[str, list[float]] | None = None
-    tolerance_s: float = 1e-4
-    return_uint8: bool = False
-    channels_last: bool = False
-    video_backend: str | None = None
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    cache_dir: str | None = None
-    cache_max_bytes: int | None = None
-    remote_options: dict[str, Any] = field(default_factory=dict)
-    streaming: bool = True
-    shuffle: bool = True
-    seed: int = 0
-    streaming_buffer_size: int = 1000
-    streaming_active_shards: int = 8
-    streaming_shuffle_warmup: int = 64
-    video_decoder_cache_size: int | None = None
-    decoder_threads: int = 1
-    streaming_prefetch: int = 2
-    on_error: str = "raise"
-    even_ranks: bool = False
-    rank: int | None = None
-    world_size: int | None = None
+# Where and what to read, and which dataset class: the fields that are not stream options.
+_OWN_FIELDS: list[tuple[str, Any, Any]] = [
+    ("root", str | None, _own(None, "a local folder or an fsspec URL (s3://, http(s)://, hf://)")),
+    ("repo_id", str | None, _own(
+        None, "a Hub dataset (user/name), read as hf://datasets/<repo_id> when root is unset"
+    )),
+    ("revision", str | None, _own(None, "the Hub revision (branch, tag or commit)")),
+    ("episodes", list[int] | None, _own(None, "the episodes to read (default: all)")),
+    ("delta_timestamps", dict[str, list[float]] | None, _own(
+        None, "{key: [seconds, ...]} windows, each delta a multiple of 1/fps"
+    )),
+    ("storage_options", dict[str, Any], _own(None, "passed to fsspec", factory=dict)),
+    ("cache_dir", str | None, _own(None, "the local byte cache of remote files")),
+    ("cache_max_bytes", int | None, _own(
+        None, "the byte cache's size (default 20 GiB); 0 reads remote files in place", minimum=0
+    )),
+    ("remote_options", dict[str, Any], _own(
+        None, "timeouts, retries, fetch sizes (RemoteOptions fields)", factory=dict
+    )),
+    ("streaming", bool, _own(True, "build the streaming dataset (else the map-style one)")),
+    ("rank", int | None, _own(None, "None: from Accelerate, torch.distributed, RANK")),
+    ("world_size", int | None, _own(None, "None: from Accelerate, torch.distributed, WORLD_SIZE")),
+]
+
+
+def _option_fields() -> list[tuple[str, Any, Any]]:
+    hints = typing.get_type_hints(StreamOptions)
+    return [
+        (_RENAMED.get(f.name, f.name), hints[f.name], field(default=f.default, metadata=f.metadata))
+        for f in dataclasses.fields(StreamOptions)
+    ]
+
+
+class _ConfigMethods:
+    """The behaviour of :class:`DatasetConfig` (its fields are generated, see below)."""
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
-        minimum = {
-            "streaming_buffer_size": 1,
-            "streaming_active_shards": 1,
-            "streaming_shuffle_warmup": 1,
-            "video_decoder_cache_size": 1,
-            "decoder_threads": 0,
-            "streaming_prefetch": 0,
-            "cache_max_bytes": 0,
-        }
-        for name, low in minimum.items():
-            value = getattr(self, name)
-            if value is not None and value < low:
-                raise ValueError(f"DatasetConfig.{name} must be >= {low}, got {value}")
-        if not self.tolerance_s > 0 or not math.isfinite(self.tolerance_s):
-            raise ValueError(
-                f"DatasetConfig.tolerance_s must be a positive number, got {self.tolerance_s}"
-            )
-        if self.on_error not in ("raise", "skip"):
-            raise ValueError(
-                f"DatasetConfig.on_error must be 'raise' or 'skip', got {self.on_error!r}"
-            )
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            name = f"DatasetConfig.{f.name}"
+            value = coerce(name, hints[f.name], getattr(self, f.name))
+            if value is None and f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            low = f.metadata.get("minimum")
+            if low is not None and value is not None and value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+            setattr(self, f.name, value)
+        try:
+            self.stream_options()
+        except ValueError as exc:  # name the field as the config spells it
+            raise ValueError(f"DatasetConfig: {exc}") from exc
         if self.revision is not None and (self.root or self.repo_id):
             _ = self.url  # a revision for a non-Hub root is an error: say so now, not at load
-        if self.video_backend not in _BACKENDS:
-            raise ValueError(
-                f"DatasetConfig.video_backend must be one of {_BACKENDS}, "
-                f"got {self.video_backend!r}"
-            )
+
+    def stream_options(self) -> StreamOptions:
+        """The :class:`StreamOptions` this config describes."""
+        return StreamOptions(
+            **{
+                f.name: getattr(self, _RENAMED.get(f.name, f.name))
+                for f in dataclasses.fields(StreamOptions)
+            }
+        )
+
+    def source(self) -> Source:
+        """Where the bytes are: one :class:`Source` with this config's options."""
+        return Source(
+            self.url,  # the revision is part of it
+            dict(self.storage_options),
+            cache_dir=self.cache_dir,
+            cache_max_bytes=self.cache_max_bytes,
+            remote=dict(self.remote_options),
+        )
 
     # ------------------------------------------------------------------ location
     @property
@@ -153,19 +141,12 @@ class DatasetConfig:
     def load_meta(self) -> DatasetMeta:
         """The dataset's metadata, opened with this config's source options (e.g. to size a
         model from the features before building the dataset; pass it to make_dataset)."""
-        source = Source(
-            self.url,  # the revision is part of it
-            dict(self.storage_options),
-            cache_dir=self.cache_dir,
-            cache_max_bytes=self.cache_max_bytes,
-            remote=dict(self.remote_options),
-        )
-        return DatasetMeta(source)
+        return DatasetMeta(self.source())
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (JSON/YAML-safe), e.g. to store next to a checkpoint."""
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DatasetConfig:
@@ -185,12 +166,12 @@ class DatasetConfig:
 
     def replace(self, **changes: Any) -> DatasetConfig:
         """A copy with ``changes`` applied (validated like the constructor)."""
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def with_overrides(self, overrides: Sequence[str]) -> DatasetConfig:
         """Apply ``key=value`` strings (with or without the ``--dataset.`` prefix)."""
         changes: dict[str, Any] = {}
-        names = {f.name for f in dataclasses.fields(self)}
+        names = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         for item in overrides:
             text = item[len(OVERRIDE_PREFIX) :] if item.startswith(OVERRIDE_PREFIX) else item
             key, sep, value = text.partition("=")
@@ -228,6 +209,24 @@ class DatasetConfig:
         cfg = cls.from_file(path) if path else (base or cls())
         return cfg.with_overrides(overrides)
 
+
+
+
+def _docstring(fields: list[tuple[str, Any, Any]]) -> str:
+    lines = ["What to read and how to stream it.", "", "Attributes:"]
+    for name, _, f in fields:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"    {name}: {f.metadata.get('doc', '')} (default: {default!r})")
+    return "\n".join(lines)
+
+
+_FIELDS = _OWN_FIELDS + _option_fields()
+DatasetConfig = dataclasses.make_dataclass(
+    "DatasetConfig",
+    _FIELDS,
+    bases=(_ConfigMethods,),
+    namespace={"__doc__": _docstring(_FIELDS), "__module__": __name__},
+)
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separate ``--dataset.k=v`` / ``--dataset.k v`` arguments from the rest of ``argv``.
@@ -289,37 +288,28 @@ def make_dataset(
     """The dataset ``cfg`` describes: streaming when ``cfg.streaming``, else map-style.
 
     ``meta`` reuses already loaded metadata (e.g. read once to size a model from the
-    features); ``image_transforms`` is applied to each camera tensor of a sample.
+    features; it must come from ``cfg.load_meta()``); ``image_transforms`` is applied to each
+    camera tensor of a sample.
     """
     meta = meta or cfg.load_meta()
+    options = cfg.stream_options()
     common: dict[str, Any] = {
         "episodes": cfg.episodes,
         "delta_timestamps": cfg.delta_timestamps,
-        "tolerance_s": cfg.tolerance_s,
-        "return_uint8": cfg.return_uint8,
-        "channels_last": cfg.channels_last,
         "image_transforms": image_transforms,
-        "video_backend": cfg.video_backend,
-        "storage_options": dict(cfg.storage_options),
         "meta": meta,
     }
     if not cfg.streaming:
-        return MapDataset(cfg.url, **common)
+        return MapDataset(
+            None,
+            **common,
+            tolerance_s=options.tolerance_s,
+            return_uint8=options.return_uint8,
+            channels_last=options.channels_last,
+            video_backend=options.video_backend,
+        )
     return StreamingLeRobotDataset(
-        cfg.url,
-        **common,
-        shuffle=cfg.shuffle,
-        seed=cfg.seed,
-        buffer_size=cfg.streaming_buffer_size,
-        active_shards=cfg.streaming_active_shards,
-        shuffle_warmup=cfg.streaming_shuffle_warmup,
-        video_decoder_cache_size=cfg.video_decoder_cache_size,
-        decoder_threads=cfg.decoder_threads,
-        prefetch=cfg.streaming_prefetch,
-        on_error=cfg.on_error,
-        rank=cfg.rank,
-        world_size=cfg.world_size,
-        even_ranks=cfg.even_ranks,
+        None, **common, options=options, rank=cfg.rank, world_size=cfg.world_size
     )
 
 
@@ -338,101 +328,3 @@ def _parse_value(text: str) -> Any:
             return text
     except Exception:  # not valid YAML (e.g. an unbalanced bracket): keep the string
         return text
-
-
-_KIND: dict[str, str] = {
-    "root": "path?",
-    "repo_id": "str?",
-    "revision": "str?",
-    "episodes": "ints?",
-    "delta_timestamps": "deltas?",
-    "tolerance_s": "float",
-    "return_uint8": "bool",
-    "channels_last": "bool",
-    "video_backend": "str?",
-    "storage_options": "dict",
-    "cache_dir": "path?",
-    "cache_max_bytes": "int?",
-    "remote_options": "dict",
-    "streaming": "bool",
-    "shuffle": "bool",
-    "seed": "int",
-    "streaming_buffer_size": "int",
-    "streaming_active_shards": "int",
-    "streaming_shuffle_warmup": "int",
-    "video_decoder_cache_size": "int?",
-    "decoder_threads": "int",
-    "streaming_prefetch": "int",
-    "on_error": "str",
-    "even_ranks": "bool",
-    "rank": "int?",
-    "world_size": "int?",
-}
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Convert ``value`` to field ``name``'s type, or raise a ValueError naming the field."""
-    kind = _KIND[name]
-    optional = kind.endswith("?")
-    kind = kind.rstrip("?")
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "")):
-        if optional:
-            return None
-        if kind == "dict":
-            return {}
-        raise ValueError(f"DatasetConfig.{name} cannot be null")
-    try:
-        if kind in ("str", "path"):
-            if isinstance(value, os.PathLike):
-                return os.fspath(value)
-            if not isinstance(value, str):
-                raise TypeError
-            return value
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-                return value.lower() in _TRUE
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise TypeError
-        if kind == "int":
-            return _int(value)
-        if kind == "float":
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if kind == "ints":
-            if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-                raise TypeError
-            return [_int(v) for v in value]
-        if kind == "deltas":
-            if not isinstance(value, Mapping):
-                raise TypeError
-            out: dict[str, list[float]] = {}
-            for key, deltas in value.items():
-                if isinstance(deltas, str | bytes) or not isinstance(deltas, Sequence):
-                    raise TypeError
-                out[str(key)] = [float(d) for d in deltas]
-            return out
-        if kind == "dict":
-            if not isinstance(value, Mapping):
-                raise TypeError
-            return dict(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"DatasetConfig.{name}: cannot use {value!r} ({type(value).__name__}) as {kind}"
-            + (" or null" if optional else "")
-        ) from exc
-    raise AssertionError(f"no conversion for kind {kind!r}")  # pragma: no cover
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise TypeError("bool is not an int")
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"{value} is not an integer")
-    return int(value)

@@ -122,8 +122,9 @@ def test_json_fields_present_and_consistent(runs: dict, mode: str, workers: int)
         r["stats_total"]["samples"] * r["frames_per_sample"]
     )
     assert r["stats_total"]["samples"] >= r["total_samples"] == (1 + 3) * BATCH
-    assert r["cache_hits"] + r["cache_misses"] == r["cache_lookups"] > 0
-    assert math.isclose(r["cache_hit_rate"], r["cache_hits"] / r["cache_lookups"])
+    assert r["decoder_cache_hits"] + r["decoder_cache_misses"] == r["decoder_cache_lookups"] > 0
+    hit_rate = r["decoder_cache_hits"] / r["decoder_cache_lookups"]
+    assert math.isclose(r["decoder_cache_hit_rate"], hit_rate)
     # one process, so the node is this rank
     assert r["world_size"] == 1 and r["nodes"] == 1
     assert r["frames_per_s_node"] == r["delivered_frames_per_s"]
@@ -165,7 +166,7 @@ def test_csv_has_one_row_per_run(runs: dict) -> None:
     assert [(row["mode"], int(row["num_workers"])) for row in rows] == RUNS
     for row in rows:
         r = runs["results"][(row["mode"], int(row["num_workers"]))]
-        for key in ("samples", "delivered_frames", "decoded_frames", "cache_lookups"):
+        for key in ("samples", "delivered_frames", "decoded_frames", "decoder_cache_lookups"):
             assert int(row[key]) == r[key], key
         for key in ("samples_per_s", "reuse_ratio", "ceiling_frames_per_s", "frames_per_s_node"):
             assert math.isclose(float(row[key]), r[key], rel_tol=1e-5), key

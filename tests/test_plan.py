@@ -8,13 +8,43 @@ import numpy as np
 import pytest
 
 from framestream.stream.plan import (
+    Plan,
     Segment,
     epoch_order,
     make_plan,
     partition,
-    plan_all,
     resolve_rank,
 )
+
+
+def plan_all(
+    episodes: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    world_size: int,
+    num_workers: int,
+    even_ranks: bool = False,
+) -> dict[tuple[int, int], Plan]:
+    """Every (rank, worker)'s plan."""
+    return {
+        (r, w): make_plan(
+            episodes,
+            lengths,
+            seed=seed,
+            epoch=epoch,
+            shuffle=shuffle,
+            rank=r,
+            world_size=world_size,
+            worker=w,
+            num_workers=num_workers,
+            even_ranks=even_ranks,
+        )
+        for r in range(world_size)
+        for w in range(max(1, num_workers))
+    }
 
 
 def frames_of(segments):

@@ -231,16 +231,16 @@ def test_decoder_cache_counters_and_stats_across_workers(small_root):
     samples = stream(ds, 2)
     st = ds.stats()
     assert st["samples"] == len(samples) == meta.total_frames
-    assert st["cache_hits"] + st["cache_misses"] == st["cache_lookups"] > 0
-    assert st["cache_evictions"] == 0
+    assert st["decoder_cache_hits"] + st["decoder_cache_misses"] == st["decoder_cache_lookups"] > 0
+    assert st["decoder_cache_evictions"] == 0
     assert st["decoded_frames"] == 2 * meta.total_frames
     # a cache too small for the open episodes thrashes, and the counters show it
     tiny = StreamingLeRobotDataset(
         str(small_root), return_uint8=True, meta=meta, video_decoder_cache_size=1
     )
     list(tiny)
-    assert tiny.stats()["cache_evictions"] > 0
-    assert tiny.stats()["cache_hit_rate"] < st["cache_hit_rate"]
+    assert tiny.stats()["decoder_cache_evictions"] > 0
+    assert tiny.stats()["decoder_cache_hit_rate"] < st["decoder_cache_hit_rate"]
 
 
 def test_num_workers_zero_is_not_an_empty_stream(small_root):

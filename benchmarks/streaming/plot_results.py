@@ -149,7 +149,7 @@ TABLE = (
     ("lat p50/p95/p99 ms/sample", "sample_latency_ms_p50", None),
     ("first batch s", "first_batch_s", "{:.2f}"),
     ("peak RSS MB main/worker", "peak_rss_mb_main", None),
-    ("dec. cache hit rate", "cache_hit_rate", "{:.1%}"),
+    ("dec. cache hit rate", "decoder_cache_hit_rate", "{:.1%}"),
     ("episodes/batch (perfect)", "distinct_episodes_per_batch", None),
     ("samples×cams / ceiling", "sample_frames_vs_ceiling", "{:.1%}"),
     ("decoded / ceiling", "decoded_vs_ceiling", "{:.1%}"),

@@ -65,11 +65,11 @@ CSV_FIELDS = (
     "peak_rss_mb_main",
     "peak_rss_mb_worker_max",
     "peak_rss_mb_total",
-    "cache_hits",
-    "cache_misses",
-    "cache_evictions",
-    "cache_lookups",
-    "cache_hit_rate",
+    "decoder_cache_hits",
+    "decoder_cache_misses",
+    "decoder_cache_evictions",
+    "decoder_cache_lookups",
+    "decoder_cache_hit_rate",
     "bytes_fetched",
     "remote_requests",
     "byte_cache_hits",
@@ -193,8 +193,8 @@ def format_summary(r: Mapping[str, Any]) -> str:
         ),
         (
             "decoder cache",
-            f"{r['cache_hits']} hits, {r['cache_misses']} misses, "
-            f"{r['cache_evictions']} evictions ({pct(r['cache_hit_rate'])} hits)",
+            f"{r['decoder_cache_hits']} hits, {r['decoder_cache_misses']} misses, "
+            f"{r['decoder_cache_evictions']} evictions ({pct(r['decoder_cache_hit_rate'])} hits)",
         ),
         (
             "episodes per batch",

@@ -213,7 +213,7 @@ def _run_one(
     timed = {
         k: stats1[k] - stats0[k]
         for k in stats1
-        if isinstance(stats1[k], int) and k != "epoch" and k != "cache_lookups"
+        if isinstance(stats1[k], int) and k != "epoch" and k != "decoder_cache_lookups"
     }
     timed_samples = timing.timed_samples
     delivered = timed_samples * frames_per_sample
@@ -318,11 +318,11 @@ def _run_one(
         "batch_latency_ms_p99": b99,
         "first_batch_s": timing.first_batch_s,
         **timing.rss.summary(),
-        "cache_hits": stats1["cache_hits"],
-        "cache_misses": stats1["cache_misses"],
-        "cache_evictions": stats1["cache_evictions"],
-        "cache_lookups": stats1["cache_lookups"],
-        "cache_hit_rate": stats1["cache_hit_rate"],
+        "decoder_cache_hits": stats1["decoder_cache_hits"],
+        "decoder_cache_misses": stats1["decoder_cache_misses"],
+        "decoder_cache_evictions": stats1["decoder_cache_evictions"],
+        "decoder_cache_lookups": stats1["decoder_cache_lookups"],
+        "decoder_cache_hit_rate": stats1["decoder_cache_hit_rate"],
         **{
             k: stats1.get(k)
             for k in ("bytes_fetched", "remote_requests", "byte_cache_hits", "byte_cache_misses")

@@ -14,22 +14,11 @@ import numpy as np
 import torch
 
 from framestream.decode.video import DecoderCache, decode_episode_frames, resolve_backend
+from framestream.format.episodes import select_episodes
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
 from framestream.io.source import Source
 from framestream.stream.sample import WindowSpec, build_sample, in_layout
-
-
-def select_episodes(meta: DatasetMeta, episodes: Sequence[int] | None) -> np.ndarray:
-    """The selected episode indices in the order given; each checked to exist."""
-    if episodes is None:
-        return meta.episodes.episode_index.copy()
-    sel = np.asarray(list(episodes), dtype=np.int64)
-    if len(np.unique(sel)) != len(sel):
-        raise ValueError("episodes= lists an episode more than once")
-    for e in sel:
-        meta.episodes.row(int(e))  # raises EpisodeNotFoundError
-    return sel
 
 
 class MapDataset(torch.utils.data.Dataset):

@@ -1,35 +1,47 @@
-"""StreamingLeRobotDataset: the public IterableDataset, its options, stats and state.
+"""StreamingLeRobotDataset: the public IterableDataset, its epoch, stats and state.
 
-Each iteration (per DataLoader worker) runs a :class:`~framestream.stream.worker.WorkerStream`,
-built fresh or resumed by :func:`~framestream.stream.resume.resume_stream`. This module holds what
-the training process sees: configuration, ``set_epoch``, ``stats()`` and the state API.
+The dataset holds what the training process sees: metadata, the selected episodes, the
+window, the frozen :class:`~framestream.stream.options.StreamOptions`, the shared stats board
+and a pending state. Each iteration (per DataLoader worker) asks
+:func:`~framestream.stream.resume.start_schedule` where to start and runs a
+:class:`~framestream.stream.worker.WorkerStream` on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from framestream._errors import StateDictError
-from framestream.datasets.map_style import select_episodes
 from framestream.decode.buffers import per_process
-from framestream.decode.video import resolve_backend
+from framestream.format.episodes import select_episodes
 from framestream.format.meta import DatasetMeta
 from framestream.io.source import RemoteOptions, Source
+from framestream.stream.options import StreamOptions
 from framestream.stream.plan import Plan, make_plan, resolve_rank
-from framestream.stream.resume import merge_states, resume_stream
+from framestream.stream.resume import start_schedule
 from framestream.stream.sample import WindowSpec
+from framestream.stream.schedule import ScheduleConfig
+from framestream.stream.state import (
+    STATE_VERSION,
+    DatasetState,
+    Fingerprint,
+    Progress,
+    find_states,
+    merge,
+    parse_state,
+)
 from framestream.stream.stats import StatsBoard
-from framestream.stream.worker import WorkerStream
-
-STATE_VERSION = 1
+from framestream.stream.worker import Layout, ReadSpec, WorkerStream
 
 __all__ = ["STATE_VERSION", "StreamingLeRobotDataset", "merge_states"]
+
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(StreamOptions))
 
 
 def _freeze_inherited_objects() -> bool:
@@ -47,125 +59,115 @@ def _freeze_inherited_objects() -> bool:
 _freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
 
 
+def open_source(
+    root: str | Source | None,
+    meta: DatasetMeta | None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    cache_max_bytes: int | None = None,
+    remote_options: RemoteOptions | Mapping[str, Any] | None = None,
+) -> DatasetMeta:
+    """The dataset's metadata from exactly one description of where its bytes are.
+
+    ``meta`` already carries its :class:`Source`: source options given beside it would be
+    ignored, so they are refused instead.
+    """
+    given = {
+        "storage_options": storage_options,
+        "revision": revision,
+        "cache_dir": cache_dir,
+        "cache_max_bytes": cache_max_bytes,
+        "remote_options": remote_options,
+    }
+    set_names = [k for k, v in given.items() if v is not None]
+    if meta is not None:
+        if set_names or isinstance(root, Source):
+            raise ValueError(
+                f"meta= already says where the dataset is ({meta.source.url}); "
+                f"{set_names or ['a Source']} would be ignored: pass them to the Source of meta"
+            )
+        return meta
+    if isinstance(root, Source):
+        if set_names:
+            raise ValueError(f"{set_names} given beside a Source: set them on the Source")
+        return DatasetMeta(root)
+    if root is None:
+        raise ValueError("a dataset root (path or URL) or meta= is required")
+    return DatasetMeta(
+        Source(
+            str(root),
+            dict(storage_options or {}),
+            revision=revision,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            cache_max_bytes=cache_max_bytes,
+            remote=remote_options,
+        )
+    )
+
+
 class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
     """Stream a LeRobot v3.0 dataset: shuffled, split across ranks and workers, decoded once.
 
     Args:
-        root: a local folder or an fsspec URL (``s3://``, ``http(s)://``, ``hf://``...).
+        root: a local folder, an fsspec URL (``s3://``, ``http(s)://``, ``hf://``...) or a
+            :class:`~framestream.io.source.Source`.
         episodes: the episodes to stream (default: all).
         delta_timestamps: ``{key: [seconds, ...]}`` windows; any length (no fixed ceiling).
-        tolerance_s: the largest allowed gap between a queried and a decoded timestamp.
         image_transforms: applied to each camera tensor of a sample.
-        channels_last: cameras as (C, H, W) views of (H, W, C) memory: a memcpy per frame
-            instead of a transposing copy, several times cheaper for long windows. Collate
-            with :func:`framestream.collate` (the default collate would transpose them
-            back), and feed models that accept channels-last input (most conv nets do).
-        return_uint8: cameras as uint8 (cheaper to move; convert on the GPU) instead of
-            float32 in [0, 1].
-        shuffle: mix samples of ``active_shards`` episodes through a reservoir. False gives
-            episodes in order and frames in order (per worker).
-        seed: with the epoch, fully determines the order.
-        buffer_size: the reservoir size (references, not pixels: large values are cheap).
-        active_shards: episode readers open at once per worker. More mixes episodes better
-            within a batch; each open reader holds its not-yet-delivered decoded frames.
-        video_decoder_cache_size: open decoders kept per worker; None means
-            ``(active_shards + 1) x cameras``.
+        options: a :class:`~framestream.StreamOptions`; any of its fields may also be given
+            as a keyword (``buffer_size=4000, shuffle=False``), overriding ``options``.
         rank, world_size: None resolves from Accelerate, torch.distributed, then
             ``RANK``/``WORLD_SIZE``, then (0, 1).
-        even_ranks: give every rank and worker the same number of samples, padding by
-            repeating samples (flagged ``is_repeat``), so that DDP never waits on a rank.
-        video_backend: ``"torchcodec"``, ``"pyav"`` or None (torchcodec when it loads).
-        decoder_threads: FFmpeg threads per decoder; 1 suits one worker per core.
-        shuffle_warmup: references the reservoir holds before it first emits; it then grows
-            to ``buffer_size``. Lower means a faster first batch.
-        on_error: ``"raise"`` (default) stops on a bad episode with an error naming the
-            dataset, file, episode, frame and camera; ``"skip"`` drops the episode's remaining
-            samples, counts them in :meth:`stats` and logs the reason once per episode.
-        storage_options: passed to fsspec for a remote ``root`` (credentials, endpoint...).
-        revision: the Hub revision (branch, tag, commit) when ``root`` is a Hub dataset.
-        cache_dir, cache_max_bytes: the local byte cache remote files are read through
-            (default ``<framestream cache>/bytes``, 20 GiB, LRU); ``cache_max_bytes=0`` reads
-            remote files in place with range requests instead.
-        prefetch: segments beyond the open ones whose files each worker fetches ahead, in the
-            background (0 disables prefetch).
-        remote_options: timeouts, retries and fetch sizes for remote roots
-            (:class:`framestream.io.source.RemoteOptions` or a dict of its fields).
+        storage_options, revision, cache_dir, cache_max_bytes, remote_options: where and how
+            remote bytes are read (fsspec options, Hub revision, the local byte cache (default
+            20 GiB, LRU; ``cache_max_bytes=0`` reads in place), timeouts and retries). Not
+            allowed beside ``meta``, which already carries its source.
+        meta: already loaded metadata (e.g. read once to size a model).
     """
 
     def __init__(
         self,
-        root: str,
+        root: str | Source | None = None,
         *,
         episodes: Sequence[int] | None = None,
         delta_timestamps: Mapping[str, Sequence[float]] | None = None,
-        tolerance_s: float = 1e-4,
         image_transforms: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        return_uint8: bool = False,
-        channels_last: bool = False,
-        shuffle: bool = True,
-        seed: int = 0,
-        buffer_size: int = 1000,
-        active_shards: int = 8,
-        video_decoder_cache_size: int | None = None,
+        options: StreamOptions | None = None,
         rank: int | None = None,
         world_size: int | None = None,
-        even_ranks: bool = False,
-        video_backend: Literal["torchcodec", "pyav"] | None = None,
-        decoder_threads: int = 1,
-        shuffle_warmup: int = 64,
-        on_error: Literal["raise", "skip"] = "raise",
         storage_options: dict[str, Any] | None = None,
         revision: str | None = None,
         cache_dir: str | None = None,
         cache_max_bytes: int | None = None,
-        prefetch: int = 2,
         remote_options: RemoteOptions | Mapping[str, Any] | None = None,
         meta: DatasetMeta | None = None,
+        **option_fields: Any,
     ) -> None:
         super().__init__()
-        if active_shards < 1:
-            raise ValueError(f"active_shards must be >= 1, got {active_shards}")
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-        self.meta = meta or DatasetMeta(
-            Source(
-                str(root),
-                storage_options or {},
-                revision=revision,
-                cache_dir=None if cache_dir is None else str(cache_dir),
-                cache_max_bytes=cache_max_bytes,
-                remote=remote_options,
-            )
+        self.options = StreamOptions.build(options, **option_fields)
+        self.meta = open_source(
+            root,
+            meta,
+            storage_options=storage_options,
+            revision=revision,
+            cache_dir=cache_dir,
+            cache_max_bytes=cache_max_bytes,
+            remote_options=remote_options,
         )
-        self.prefetch = int(prefetch)
         self.episodes = select_episodes(self.meta, episodes)
         self.lengths = self.meta.episodes.length[
             [self.meta.episodes.row(int(e)) for e in self.episodes]
         ]
         self.window = WindowSpec.from_delta_timestamps(
-            delta_timestamps, meta=self.meta, tolerance_s=tolerance_s
+            delta_timestamps, meta=self.meta, tolerance_s=self.options.tolerance_s
         )
-        self.tolerance_s = tolerance_s
         self.image_transforms = image_transforms
-        self.return_uint8 = return_uint8
-        self.channels_last = channels_last
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.buffer_size = buffer_size
-        self.active_shards = active_shards
-        n_cams = max(1, len(self.meta.video_keys))
-        self.video_decoder_cache_size = video_decoder_cache_size or (active_shards + 1) * n_cams
         self._rank, self._world_size = rank, world_size
-        self.even_ranks = even_ranks
-        self.video_backend = resolve_backend(video_backend)
-        self.decoder_threads = decoder_threads
-        self.shuffle_warmup = shuffle_warmup
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.on_error = on_error
         self._board = StatsBoard()
         self._stream: WorkerStream | None = None
-        self._pending_state: dict[str, Any] | None = None
+        self._pending: DatasetState | None = None
 
     # --------------------------------------------------------------- public surface
     @property
@@ -175,6 +177,17 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
     @property
     def epoch(self) -> int:
         return self._board.epoch
+
+    def __getattr__(self, name: str) -> Any:
+        # Each option reads as an attribute too (``ds.buffer_size``), from the one options object.
+        if name in _OPTION_NAMES and "options" in self.__dict__:
+            return getattr(self.__dict__["options"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def video_decoder_cache_size(self) -> int:
+        """Open decoders kept per worker (the option, or its default for this dataset)."""
+        return self.options.decoder_cache_size(len(self.meta.video_keys))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration follows (seen by all workers)."""
@@ -193,17 +206,22 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
     ) -> Plan:
         """What (this rank, ``worker``) reads in ``epoch``: a pure function, no I/O."""
         r, w = self.rank_and_world_size()
+        epoch = self.epoch if epoch is None else epoch
+        return self._plan(r if rank is None else rank, w, worker, num_workers, epoch)
+
+    def _plan(self, rank: int, world_size: int, worker: int, num_workers: int, epoch: int) -> Plan:
+        o = self.options
         return make_plan(
             self.episodes,
             self.lengths,
-            seed=self.seed,
-            epoch=self.epoch if epoch is None else epoch,
-            shuffle=self.shuffle,
-            rank=r if rank is None else rank,
-            world_size=w,
+            seed=o.seed,
+            epoch=epoch,
+            shuffle=o.shuffle,
+            rank=rank,
+            world_size=world_size,
             worker=worker,
             num_workers=num_workers,
-            even_ranks=self.even_ranks,
+            even_ranks=o.even_ranks,
         )
 
     def num_samples(self, *, num_workers: int = 0) -> int:
@@ -215,19 +233,19 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         """Counters summed over this process and its DataLoader workers.
 
         ``decoded_frames`` counts video frames decoded (per camera), ``delivered_frames``
-        the frames handed out in samples (samples x window x cameras); their ratio is the
-        reuse that decode-once buys. ``cache_*`` are the decoder-cache counters.
-        ``batch_slots_reused`` / ``batch_slot_fallbacks`` count batches that
+        the frames handed out in samples (samples x window x cameras); ``reuse_ratio`` =
+        delivered / decoded is what decode-once buys (frames handed out per frame decoded).
+        ``decoder_cache_*`` count the open-decoder cache; ``byte_cache_*`` the remote byte
+        cache. ``batch_slots_reused`` / ``batch_slot_fallbacks`` count batches that
         :func:`framestream.collate` wrote into a reused worker slot / into fresh shared memory
-        because every slot was still held (a loop keeping batches); ``frame_buffers_*`` the
-        recycled frame buffers (:mod:`framestream.decode.buffers`). Workers
-        publish every 16 samples and when their stream ends, so mid-epoch figures may lag by
-        up to 16 samples per worker.
+        because every slot was still held; ``frame_buffers_*`` the recycled frame buffers.
+        Workers publish every 16 samples and when their stream ends, so mid-epoch figures may
+        lag by up to 16 samples per worker.
         """
         out = self._board.totals()
-        lookups = out["cache_hits"] + out["cache_misses"]
-        out["cache_lookups"] = lookups
-        out["cache_hit_rate"] = out["cache_hits"] / lookups if lookups else 0.0
+        lookups = out["decoder_cache_hits"] + out["decoder_cache_misses"]
+        out["decoder_cache_lookups"] = lookups
+        out["decoder_cache_hit_rate"] = out["decoder_cache_hits"] / lookups if lookups else 0.0
         out["reuse_ratio"] = (
             out["delivered_frames"] / out["decoded_frames"] if out["decoded_frames"] else 0.0
         )
@@ -244,23 +262,31 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         if info is not None:
             _freeze_once()
         rank, world_size = self.rank_and_world_size()
-        state = self._pending_state
+        state = self._pending
         if info is None:
-            self._pending_state = None  # consumed; in workers the main copy keeps it
+            self._pending = None  # consumed; in workers the main copy keeps it
         epoch = self.epoch
         if state is not None:
-            if int(state["epoch"]) < epoch:
+            if state.epoch < epoch:
                 state = None  # set_epoch() moved past the saved epoch: a fresh epoch
             else:
-                epoch = int(state["epoch"])
-        stream = resume_stream(
-            self,
+                epoch = state.epoch
+        o = self.options
+        start = start_schedule(
             state,
-            rank=rank,
-            world_size=world_size,
-            worker=worker,
-            num_workers=num_workers,
+            plan=lambda r, ws, w, nw: self._plan(r, ws, w, nw, epoch).segments,
+            config=ScheduleConfig(o.shuffle, o.active_shards, o.buffer_size, o.shuffle_warmup),
+            seed=o.seed,
             epoch=epoch,
+            layout=(rank, world_size, worker, num_workers),
+        )
+        slot = (worker + 1) % self._board.slots
+        stream = WorkerStream(
+            ReadSpec(self.meta, self.window, o, self.image_transforms),
+            start.schedule,
+            Layout(rank, world_size, start.worker, num_workers, epoch),
+            publish=lambda deltas: self._board.add(slot, deltas),
+            custom_segments=start.custom_segments,
         )
         self._stream = stream
         try:
@@ -269,6 +295,21 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
             stream.close()
 
     # --------------------------------------------------------------- state
+    def _fingerprint(self) -> Fingerprint:
+        digest = hashlib.sha1(np.asarray(self.episodes, dtype=np.int64).tobytes()).hexdigest()
+        o = self.options
+        return Fingerprint(
+            dataset={
+                "total_frames": int(self.meta.total_frames),
+                "num_episodes": len(self.episodes),
+                "episodes_sha1": digest,
+                "fps": self.meta.fps,
+            },
+            seed=o.seed,
+            shuffle=o.shuffle,
+            even_ranks=o.even_ranks,
+        )
+
     def state_dict(self) -> dict[str, Any]:
         """This process's stream position: kilobytes of references and cursors, no pixels.
 
@@ -277,11 +318,14 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         (same world size and workers), or combine every rank's and worker's states with
         :func:`merge_states` for an elastic one.
         """
-        if self._stream is None:
-            if self._pending_state is not None:
-                return dict(self._pending_state)
-            return self._fingerprint() | {"epoch": self.epoch, "stream": None}
-        return self._stream.state_dict()
+        if self._stream is not None:
+            pos = self._stream.position()
+            state = DatasetState("stream", self._stream.layout.epoch, self._fingerprint(), (pos,))
+        elif self._pending is not None:
+            state = self._pending
+        else:
+            state = DatasetState("idle", self.epoch, self._fingerprint())
+        return state.to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` at the next ``iter()`` of the state's epoch.
@@ -291,21 +335,21 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         otherwise), or a progress state (:meth:`progress_state`) for a plain DataLoader.
         A state from another dataset, seed or framestream version is refused.
         """
-        self._check_state(state)
+        parsed = parse_state(state)
+        self._fingerprint().check(parsed.fingerprint)
         if torch.utils.data.get_worker_info() is not None:
             # Inside a DataLoader worker (StatefulDataLoader restores there): never move the
             # epoch shared with the training process and the other workers.
-            self._pending_state = dict(state)
+            self._pending = parsed
             return
-        streams = state.get("streams") or [state.get("stream")]
-        if all(s is not None and s.get("finished") for s in streams):
+        if parsed.finished:
             # Saved after the epoch ended (StatefulDataLoader snapshots then too): go on with
             # the next epoch rather than replaying an empty remainder.
-            self._pending_state = None
-            self.set_epoch(int(state["epoch"]) + 1)
+            self._pending = None
+            self.set_epoch(parsed.epoch + 1)
             return
-        self._pending_state = dict(state)
-        self.set_epoch(int(state["epoch"]))
+        self._pending = parsed
+        self.set_epoch(parsed.epoch)
 
     def progress_state(
         self, *, batches: int, batch_size: int, num_workers: int, epoch: int | None = None
@@ -315,7 +359,7 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         A plain DataLoader (``in_order=True``) takes batches from its workers round-robin,
         skipping workers that ran out; from the number of batches the training loop consumed
         this rebuilds how many samples each worker had delivered. Workers then fast-forward
-        their reference stream (no decoding) and continue exactly where they stopped.
+        their schedule (no decoding) and continue exactly where they stopped.
         ``batches`` counts the epoch's batches from its start (earlier resumes included).
         """
         epoch = self.epoch if epoch is None else int(epoch)
@@ -329,48 +373,21 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
                 consumed_batches[w] += 1
                 left -= 1
             w = (w + 1) % nw
-        consumed = [min(counts[i], consumed_batches[i] * batch_size) for i in range(nw)]
+        consumed = tuple(min(counts[i], consumed_batches[i] * batch_size) for i in range(nw))
         # A fresh DataLoader starts its round-robin at worker 0: rotate the workers' roles so
         # that physical worker 0 plays the worker whose batch was due next.
         due = [i for i in [*range(w, nw), *range(w)] if consumed_batches[i] < per_worker[i]]
-        return self._fingerprint() | {
-            "epoch": epoch,
-            "progress": {
-                "num_workers": num_workers,
-                "consumed": consumed,
-                "shift": due[0] if due else 0,
-            },
-        }
+        progress = Progress(num_workers, consumed, due[0] if due else 0)
+        return DatasetState("progress", epoch, self._fingerprint(), progress=progress).to_dict()
 
-    def _fingerprint(self) -> dict[str, Any]:
-        digest = hashlib.sha1(np.asarray(self.episodes, dtype=np.int64).tobytes()).hexdigest()
-        return {
-            "version": STATE_VERSION,
-            "dataset": {
-                "total_frames": int(self.meta.total_frames),
-                "num_episodes": len(self.episodes),
-                "episodes_sha1": digest,
-                "fps": self.meta.fps,
-            },
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "even_ranks": self.even_ranks,
-        }
 
-    def _check_state(self, state: Mapping[str, Any]) -> None:
-        if not isinstance(state, Mapping) or "version" not in state:
-            raise StateDictError("not a framestream state_dict (no 'version')")
-        if state["version"] != STATE_VERSION:
-            raise StateDictError(
-                f"state_dict version {state['version']} cannot be loaded by this framestream "
-                f"(state version {STATE_VERSION})"
-            )
-        mine = self._fingerprint()
-        for key in ("dataset", "seed", "shuffle", "even_ranks"):
-            if state.get(key) != mine[key]:
-                raise StateDictError(
-                    f"state_dict was saved for another dataset or configuration ({key!r} differs: "
-                    f"saved {str(state.get(key))[:200]}, here {str(mine[key])[:200]})"
-                )
-        if "epoch" not in state:
-            raise StateDictError("state_dict has no 'epoch'")
+def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Combine the states of every rank and worker (or nested loader states) into one.
+
+    ``states`` may hold framestream stream states or anything that contains them, such as
+    ``StatefulDataLoader.state_dict()`` results gathered from all ranks
+    (``torch.distributed.all_gather_object``). The result resumes exactly on the same world
+    size and workers, and elastically (no sample lost or repeated) on any other.
+    """
+    return merge(find_states(list(states))).to_dict()
+

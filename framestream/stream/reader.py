@@ -84,7 +84,6 @@ class SegmentReader:
             self.ep: EpisodeData = tables.read(segment.episode)
         except FramestreamError as exc:  # name the dataset, like errors of sample()
             raise type(exc)(f"dataset {meta.source.url}: episode {segment.episode}: {exc}") from exc
-        self.cursor = cursor  # next frame offset (from segment.start) to produce
         pending = np.concatenate(
             [
                 np.asarray(list(produced_pending), dtype=np.int64),
@@ -99,17 +98,6 @@ class SegmentReader:
             self.cameras[key] = _CameraFrames(np.nonzero(counts)[0], counts, offsets)
         self.window_frames = sum(len(spec.frame_offsets(k)) for k in meta.camera_keys)
         counters.episodes_opened += 1
-
-    # --------------------------------------------------------------- producing refs
-    @property
-    def remaining(self) -> int:
-        return self.segment.size - self.cursor
-
-    def produce(self) -> int:
-        """The next frame of the segment (a reference; nothing is decoded here)."""
-        frame = self.segment.start + self.cursor
-        self.cursor += 1
-        return frame
 
     # --------------------------------------------------------------- assembling
     def _ensure(self, cam: _CameraFrames, key: str, upto: int) -> None:

@@ -17,8 +17,6 @@ from framestream.decode import buffers as _buffers
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData
 
-INT_SCALARS = ("index", "episode_index", "frame_index", "task_index")
-
 
 class Sample(dict):
     """A sample: a plain ``dict`` (LeRobot's keys) that torch's ``default_collate`` batches

@@ -28,9 +28,9 @@ FIELDS = (
     "skipped_video_errors",
     "skipped_timestamp_errors",
     "skipped_data_errors",
-    "cache_hits",
-    "cache_misses",
-    "cache_evictions",
+    "decoder_cache_hits",
+    "decoder_cache_misses",
+    "decoder_cache_evictions",
     "batch_slots_reused",
     "batch_slot_fallbacks",
     "frame_buffers_reused",
@@ -42,6 +42,8 @@ LOCK_TIMEOUT_S = 2.0
 
 
 class StatsBoard:
+    slots = MAX_SLOTS  # rows: one per DataLoader worker id, plus the main process
+
     def __init__(self) -> None:
         self._arr = mp.RawArray("d", MAX_SLOTS * len(FIELDS))
         self._epoch = mp.RawValue("q", 0)
