@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from framestream.decode.buffers import per_process
 from framestream.format.episodes import select_episodes
 from framestream.format.meta import DatasetMeta
-from framestream.io.source import RemoteOptions, Source
+from framestream.io.source import RemoteOptions, Source, resolve_url
 from framestream.stream.options import StreamOptions
 from framestream.stream.plan import Plan, make_plan, resolve_rank
 from framestream.stream.resume import start_schedule
@@ -83,6 +84,10 @@ def open_source(
     }
     set_names = [k for k, v in given.items() if v is not None]
     if meta is not None:
+        if isinstance(root, str | os.PathLike) and resolve_url(os.fspath(root)) != meta.source.url:
+            raise ValueError(
+                f"root {os.fspath(root)!r} and meta= ({meta.source.url}) name different datasets"
+            )
         if set_names or isinstance(root, Source):
             raise ValueError(
                 f"meta= already says where the dataset is ({meta.source.url}); "
