@@ -130,9 +130,17 @@ class DatasetMeta:
     """Everything known about a dataset before reading any frame.
 
     Loaded once per process (and pickled to DataLoader workers as plain arrays).
+    ``check_totals=False`` accepts ``info.json`` totals that disagree with the episodes index
+    (``framestream validate`` reports them instead); the readers never need them.
     """
 
-    def __init__(self, source: Source | str, *, storage_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        source: Source | str,
+        *,
+        storage_options: dict | None = None,
+        check_totals: bool = True,
+    ) -> None:
         self.source = (
             source if isinstance(source, Source) else Source(source, storage_options or {})
         )
@@ -150,7 +158,8 @@ class DatasetMeta:
             )
         self.episodes: EpisodeIndex = self._load_episodes()
         self.tasks: dict[int, str] = self._load_tasks()
-        self._validate_totals()
+        if check_totals:
+            self._validate_totals()
         self._stats: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- info.json
