@@ -25,8 +25,8 @@ from framestream.batch import slots as _shm
 from framestream.decode import buffers as _buffers
 from framestream.decode.video import DecoderCache
 from framestream.format.tables import TableReader
-from framestream.io.cache import StreamIO
 from framestream.stream.plan import Segment, make_plan
+from framestream.stream.prefetch import StreamIO
 from framestream.stream.reader import Counters, SegmentReader
 from framestream.stream.shuffle import Reservoir
 from framestream.stream.stats import MAX_SLOTS
