@@ -4,6 +4,9 @@ Why: a bad file found by the training loop costs a crashed or silently skewed ru
 found here it costs a minute. The checks collect *every* problem (instead of stopping at the
 first, as the readers must), each naming its file, episode and camera, so a dataset can be
 repaired in one pass. What the readers would do with each problem is in docs/robustness.md.
+The data-file checks are the readers' own (:mod:`framestream.format.checks`); the video
+checks are in :mod:`framestream.format.validate_video`, the report types in
+:mod:`framestream.format.report`.
 
 Severities: an *error* is something the readers refuse (or would silently get wrong); a
 *warning* is a deviation that still reads correctly (a codec other than the declared one, a
