@@ -22,8 +22,8 @@ import torch
 from framestream.batch import slots as _slots
 from framestream.decode import buffers as _buffers
 from framestream.decode.buffers import per_process
-from framestream.format.episodes import select_episodes
 from framestream.format.meta import DatasetMeta
+from framestream.format.selection import select_episodes
 from framestream.io.source import RemoteOptions, Source, resolve_url
 from framestream.stream.options import StreamOptions
 from framestream.stream.plan import Plan, make_plan, resolve_rank

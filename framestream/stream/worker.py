@@ -25,8 +25,8 @@ from framestream._errors import (
 from framestream.decode.video import DecoderCache, resolve_backend
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import TableReader
-from framestream.io.cache import StreamIO
 from framestream.stream.options import StreamOptions
+from framestream.stream.prefetch import StreamIO
 from framestream.stream.reader import Counters, SegmentReader
 from framestream.stream.sample import WindowSpec
 from framestream.stream.schedule import Schedule
