@@ -5,8 +5,8 @@ found here it costs a minute. The checks collect *every* problem (instead of sto
 first, as the readers must), each naming its file, episode and camera, so a dataset can be
 repaired in one pass. What the readers would do with each problem is in docs/robustness.md.
 The data-file checks are the readers' own (:mod:`framestream.format.checks`); the video
-checks are in :mod:`framestream.format.validate_video`, the report types in
-:mod:`framestream.format.report`.
+checks are in :mod:`framestream.validate.video`, the report types in
+:mod:`framestream.validate.report`.
 
 Severities: an *error* is something the readers refuse (or would silently get wrong); a
 *warning* is a deviation that still reads correctly (a codec other than the declared one, a
@@ -25,10 +25,10 @@ from framestream._errors import FramestreamError
 from framestream.decode.video import resolve_backend
 from framestream.format import checks
 from framestream.format.meta import INFO_PATH, TASKS_PATH, DatasetMeta
-from framestream.format.report import CHECKS, Problem, Report
-from framestream.format.report import episodes_text as _episodes_text
-from framestream.format.validate_video import VideoChecks
 from framestream.io.source import Source
+from framestream.validate.report import CHECKS, Problem, Report
+from framestream.validate.report import episodes_text as _episodes_text
+from framestream.validate.video import VideoChecks
 
 __all__ = ["CHECKS", "Problem", "Report", "validate_dataset"]
 

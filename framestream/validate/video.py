@@ -1,5 +1,5 @@
 """The video checks of ``framestream validate``: ranges, containers, packets, codecs, and
-decoding each episode's first and last frame (see :mod:`framestream.format.validate`).
+decoding each episode's first and last frame (see :mod:`framestream.validate.dataset`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 
 from framestream._errors import VideoDecodeError
 from framestream.decode.video import DecoderCache, decode_episode_frames
-from framestream.format.report import Checker
-from framestream.format.report import episodes_text as _episodes_text
+from framestream.validate.report import Checker
+from framestream.validate.report import episodes_text as _episodes_text
 
 # Encoder and decoder names that mean the same bitstream format.
 _CODEC_ALIASES = {
