@@ -21,6 +21,7 @@ Fragmented MP4 (``moof`` boxes, ``mvex`` in ``moov``) is refused with :class:`Mp
 
 from __future__ import annotations
 
+import heapq
 import io
 import struct
 from collections.abc import Callable, Iterator
@@ -531,20 +532,23 @@ def sample_span(
     * ``stop - 1`` is the largest decode index of a needed frame: a frame's references are
       always decoded before it, so ``[first, stop)`` holds every packet the needed frames
       depend on (with B-frames that is past the last *presented* frame of the range).
-    * ``lookahead``: extend ``stop`` by :attr:`Mp4Index.reorder_depth` packets. A decoder
-      with B-frames outputs a frame only after that many further packets (or at end of
-      stream); torchcodec keeps demuxing until it has the range's last frame, so without
-      these packets it would read past the span. They are decoded but not returned (PyAV
-      callers that flush the decoder themselves can pass ``False``).
+    * ``lookahead`` (for torchcodec, which demuxes until the decoder has handed out the
+      range's frames): a decoder with B-frames holds up to :attr:`Mp4Index.reorder_depth`
+      frames and hands one out only when more wait (or at end of stream), so the span runs
+      on until, by that model, every needed frame is out (:func:`_output_stop`). When a
+      needed frame is an open-GOP leading picture (HEVC CRA), FFmpeg's seek may start at the
+      CRA and the decoder drop the leading pictures; torchcodec then decodes on to the frame
+      presented after the range, which the model also waits for. These extra packets are
+      decoded, not returned. Pass ``False`` when the caller feeds exactly the span and
+      flushes the decoder itself (:func:`framestream.io.ranged.decode_pyav`).
 
     Returns ``(0, 0)`` when no frame is shown in the range.
     """
     n = len(index)
-    if n == 0 or not to_ts > from_ts:
+    order, mask = _shown(index, from_ts, to_ts)
+    if not mask.any():
         return 0, 0
-    needed = needed_samples(index, from_ts, to_ts)
-    if len(needed) == 0:
-        return 0, 0
+    needed = order[mask]
     first_needed = int(needed.min())
     min_pts = int(index.pts[needed].min())
     stop = int(needed.max()) + 1
@@ -552,14 +556,48 @@ def sample_span(
     cand = np.flatnonzero(index.is_sync[head] & (index.pts[head] <= min_pts))
     start = int(cand[-1]) if len(cand) else 0
     if lookahead:
-        stop = min(n, stop + index.reorder_depth)
+        targets = set(index.pts[needed].tolist())
+        sync = np.flatnonzero(index.is_sync)
+        prev = sync[np.maximum(np.searchsorted(sync, needed, side="right") - 1, 0)]
+        after = int(np.flatnonzero(mask)[-1]) + 1  # the next frame in presentation order
+        if after < n and len(sync) and bool((index.pts[needed] < index.pts[prev]).any()):
+            # open-GOP leading pictures: FFmpeg's seek may start at their CRA, whose leading
+            # pictures the decoder then drops, and torchcodec decodes on to the next frame
+            targets.add(int(index.pts[order[after]]))
+        stop = max(stop, _output_stop(index, start, targets))
     return start, stop
+
+
+def _output_stop(index: Mp4Index, start: int, targets: set[int]) -> int:
+    """How many packets (from ``start``) a decoder needs before it has output ``targets``.
+
+    Models the DPB of H.264/HEVC decoders (and the one-frame delay of MPEG-4 B-frames):
+    decoded frames wait, and whenever more than :attr:`Mp4Index.reorder_depth` wait, the one
+    presented first is output. The end of the stream flushes them all.
+    """
+    depth = index.reorder_depth
+    waiting: list[int] = []
+    left = set(targets)
+    pts = index.pts
+    for i in range(start, len(index)):
+        heapq.heappush(waiting, int(pts[i]))
+        while len(waiting) > depth:
+            left.discard(heapq.heappop(waiting))
+        if not left:
+            return i + 1
+    return len(index)
 
 
 def needed_samples(index: Mp4Index, from_ts: float, to_ts: float) -> np.ndarray:
     """Decode indices (ascending) of the frames shown during ``[from_ts, to_ts)`` seconds."""
+    order, mask = _shown(index, from_ts, to_ts)
+    return np.sort(order[mask])
+
+
+def _shown(index: Mp4Index, from_ts: float, to_ts: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, mask)``: samples sorted by pts, and which of them are shown in the range."""
     if len(index) == 0 or not to_ts > from_ts:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
     ts = index.timescale
     order = np.argsort(index.pts, kind="stable")
     p = index.pts[order]
@@ -568,8 +606,7 @@ def needed_samples(index: Mp4Index, from_ts: float, to_ts: float) -> np.ndarray:
     end[-1] = p[-1] + index.duration[order[-1]]
     # a 1 µs tolerance so float rounding of the range's ends adds or drops no frame
     eps = 1e-6 * ts
-    mask = (p < to_ts * ts - eps) & (end > from_ts * ts + eps)
-    return np.sort(order[mask])
+    return order, (p < to_ts * ts - eps) & (end > from_ts * ts + eps)
 
 
 def coalesce(ranges: list[tuple[int, int]], gap: int = 64 * 1024) -> list[tuple[int, int]]:
