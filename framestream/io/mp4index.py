@@ -276,6 +276,21 @@ class Mp4Index:
             object.__setattr__(self, "_reorder", cached)
         return cached
 
+    @property
+    def leading_depth(self) -> int:
+        """The most leading pictures of a sync sample: decoded after it, presented before it."""
+        cached = self.__dict__.get("_leading")
+        if cached is None:
+            sync = np.flatnonzero(self.is_sync)
+            cached = 0
+            if len(sync):
+                prev = sync[np.maximum(np.searchsorted(sync, np.arange(len(self)), "right") - 1, 0)]
+                lead = np.flatnonzero(~self.is_sync & (self.pts < self.pts[prev]))
+                if len(lead):
+                    cached = int(np.bincount(prev[lead]).max())
+            object.__setattr__(self, "_leading", cached)
+        return cached
+
     def matches(self, file_size: int, etag: str | None = None) -> bool:
         """Whether a cached index still describes a file of this size (and ETag, if known)."""
         if file_size != self.file_size:
@@ -544,7 +559,6 @@ def sample_span(
 
     Returns ``(0, 0)`` when no frame is shown in the range.
     """
-    n = len(index)
     order, mask = _shown(index, from_ts, to_ts)
     if not mask.any():
         return 0, 0
@@ -559,11 +573,14 @@ def sample_span(
         targets = set(index.pts[needed].tolist())
         sync = np.flatnonzero(index.is_sync)
         prev = sync[np.maximum(np.searchsorted(sync, needed, side="right") - 1, 0)]
-        after = int(np.flatnonzero(mask)[-1]) + 1  # the next frame in presentation order
-        if after < n and len(sync) and bool((index.pts[needed] < index.pts[prev]).any()):
-            # open-GOP leading pictures: FFmpeg's seek may start at their CRA, whose leading
-            # pictures the decoder then drops, and torchcodec decodes on to the next frame
-            targets.add(int(index.pts[order[after]]))
+        after = int(np.flatnonzero(mask)[-1]) + 1  # the next frames in presentation order
+        if len(sync) and bool((index.pts[needed] < index.pts[prev]).any()):
+            # Open-GOP leading pictures (HEVC CRA, MPEG-4 B-frames after an I-frame): FFmpeg's
+            # seek picks the keyframe by dts, which may be their keyframe; the decoder then
+            # drops them and torchcodec's approximate mode hands out later frames instead
+            # (shifted by up to the number of leading pictures, whole-file decode alike).
+            extra = order[after : after + index.leading_depth]
+            targets.update(index.pts[extra].tolist())
         stop = max(stop, _output_stop(index, start, targets))
     return start, stop
 
