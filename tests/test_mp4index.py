@@ -86,13 +86,17 @@ def encoders() -> str:
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory, encoders) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("mp4index")
-    out = {}
-    for name, args in CODECS.items():
+    jobs = {}
+    for name, args in CODECS.items():  # encoded in parallel
         if f" {ENCODER[name]} " not in encoders:
             continue
         path = root / f"{name}.mp4"
         cmd = [FFMPEG, "-y", "-loglevel", "error", *SRC, *args, str(path)]
-        subprocess.run(cmd, check=True, capture_output=True)
+        jobs[name] = (path, subprocess.Popen(cmd, stderr=subprocess.PIPE))
+    out = {}
+    for name, (path, proc) in jobs.items():
+        _, err = proc.communicate()
+        assert proc.returncode == 0, err.decode(errors="replace")
         out[name] = path
     return out
 
@@ -213,6 +217,35 @@ def test_sample_span_covers_what_is_needed(video):
         assert all(idx.pts[k] > idx.pts[need].min() for k in later)
         start2, stop2 = sample_span(idx, a, b)
         assert start2 == start and stop <= stop2 <= min(len(idx), stop + 4 * idx.reorder_depth + 1)
+
+
+def _stco_to_co64(buf: bytes, shift: int) -> bytes:
+    """Rewrite every ``stco`` in a box tree as ``co64`` (offsets + ``shift``), sizes fixed."""
+    out, pos = b"", 0
+    while pos < len(buf):
+        size, typ = struct.unpack_from(">I4s", buf, pos)
+        payload = buf[pos + 8 : pos + size]
+        if typ in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):
+            payload = _stco_to_co64(payload, shift)
+        elif typ == b"stco":
+            (n,) = struct.unpack_from(">I", payload, 4)
+            offsets = [o + shift for o in struct.unpack_from(f">{n}I", payload, 8)]
+            typ, payload = b"co64", payload[:8] + struct.pack(f">{n}Q", *offsets)
+        out += struct.pack(">I4s", 8 + len(payload), typ) + payload
+        pos += size
+    return out
+
+
+def test_co64_offsets(videos):
+    name = next(iter(videos))
+    _, moov = read_moov(Counting(videos[name].read_bytes()), videos[name].stat().st_size)
+    idx = parse_moov(moov)
+    moov64 = _stco_to_co64(moov, 5 << 32)
+    assert b"co64" in moov64 and b"stco" not in moov64
+    idx64 = parse_moov(moov64)
+    np.testing.assert_array_equal(idx64.offset, idx.offset + (5 << 32))
+    np.testing.assert_array_equal(idx64.pts, idx.pts)
+    assert idx64.moov_size == len(moov64)
 
 
 def test_serialise_roundtrip(video):
