@@ -273,10 +273,19 @@ def test_locate_moov_reads(video):
     faststart = "faststart" in video.name
     assert (off < 64 * 1024) == faststart
     assert len(ra.calls) == (1 if faststart else 2)
+    if not faststart:  # the second read starts where mdat ends: at the moov
+        assert ra.calls[1][0] == off
     ra.calls.clear()
     index_file(ra, len(data))
-    assert len(ra.calls) == (1 if faststart else 3)
+    assert len(ra.calls) == (1 if faststart else 2)  # a small moov comes with that read
     assert ra.calls[0] == (0, 64 * 1024)
+    # a large moov (more than the 64 KiB read at its start) costs a third read
+    big = data[: off + length] + _box(b"free", b"\0" * 70_000) + data[off + length :]
+    big = big[:off] + struct.pack(">I", length + 70_008) + big[off + 4 :]
+    ra = Counting(big)
+    off2, moov2 = read_moov(ra, len(big))
+    assert off2 == off and len(moov2) == length + 70_008
+    assert len(ra.calls) == (1 if faststart else 2) + 1
 
 
 def _box(typ: bytes, payload: bytes, large: bool = False) -> bytes:
@@ -292,6 +301,11 @@ def test_locate_moov_largesize_and_errors(videos):
     data = ftyp + _box(b"free", b"") + _box(b"mdat", b"\0" * 300_000, large=True) + moov
     ra = Counting(data)
     assert locate_moov(ra, len(data)) == (len(data) - len(moov), len(moov))
+    assert len(ra.calls) == 2
+    # boxes between mdat and moov (free, udta...) come with the same read
+    data2 = data[: -len(moov)] + _box(b"free", b"\0" * 100) + moov
+    ra = Counting(data2)
+    assert read_moov(ra, len(data2)) == (len(data2) - len(moov), moov)
     assert len(ra.calls) == 2
     # mdat with size 0 runs to the end of the file: no moov after it
     with pytest.raises(Mp4Error, match="no moov"):

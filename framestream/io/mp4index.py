@@ -7,9 +7,9 @@ sync sample (keyframe). From that, :func:`episode_ranges` gives the byte ranges 
 range of an episode needs: from the sync sample at or before its first needed frame through
 the last packet (in decode order) of any frame presented in the range.
 
-* :func:`locate_moov` finds the ``moov`` box in at most three reads (the first 64 KiB, the
-  header of the box after ``mdat`` when ``moov`` is at the end, then the ``moov`` itself by
-  :func:`read_moov`).
+* :func:`locate_moov` finds the ``moov`` box in one read (the first 64 KiB) when it is at
+  the front, two when it is at the end (one more read where ``mdat`` ends), and
+  :func:`read_moov` needs a third only when the ``moov`` did not fit in the last read.
 * :func:`parse_moov` builds an :class:`Mp4Index` of the first video track: offsets, sizes,
   decode/presentation timestamps (with the edit list applied the way FFmpeg's mov demuxer
   does, so ``pts`` matches the ``pts_seconds`` torchcodec reports) and sync flags.
@@ -91,22 +91,22 @@ def locate_moov(read_at: ReadAt, size: int) -> tuple[int, int]:
     """``(offset, length)`` of the top-level ``moov`` box, in at most two reads.
 
     Reads the first :data:`HEAD_PROBE` bytes and walks the top-level boxes (``ftyp``,
-    ``free``, ``mdat``, ``moov``...; 64-bit sizes too). A box whose header lies beyond what
-    was read (the ``moov`` after a large ``mdat``) costs one small read of that header.
-    Raises :class:`Mp4Error` for a fragmented file (``moof`` before any ``moov``) or when
-    there is no ``moov``.
+    ``free``, ``mdat``, ``moov``...; 64-bit sizes too) by their headers. When a box header
+    lies beyond what was read (the ``moov`` after a large ``mdat``: ``mdat``'s offset + size),
+    one more read of up to :data:`HEAD_PROBE` bytes there brings it, and usually the boxes
+    after it too (a small ``moov`` entirely). Raises :class:`Mp4Error` for a fragmented file
+    (``moof``/``sidx``/``styp`` before any ``moov``) or when there is no ``moov``.
     """
     return _locate(read_at, size)[:2]
 
 
-def _locate(read_at: ReadAt, size: int) -> tuple[int, int, bytes]:
-    head = read_at(0, min(HEAD_PROBE, size))
+def _locate(read_at: ReadAt, size: int) -> tuple[int, int, bytes, int]:
+    """``(moov offset, moov length, window, window offset)``: the last bytes read with it."""
+    base, buf = 0, read_at(0, min(HEAD_PROBE, size))
     pos = 0
     while pos < size:
-        if pos + 16 <= len(head) or pos + 8 >= size:
-            buf, base = head, 0
-        else:
-            buf, base = read_at(pos, min(16, size - pos)), pos
+        if not (base <= pos and pos + min(16, size - pos) <= base + len(buf)):
+            base, buf = pos, read_at(pos, min(HEAD_PROBE, size - pos))
         h = _box_header(buf, pos - base, size - base)
         if h is None:
             raise Mp4Error(f"truncated box header at {pos} (file size {size})")
@@ -114,7 +114,7 @@ def _locate(read_at: ReadAt, size: int) -> tuple[int, int, bytes]:
         if typ == b"moov":
             if pos + box > size:
                 raise Mp4Error(f"moov at {pos} ({box} bytes) runs past the end ({size})")
-            return pos, box, head
+            return pos, box, buf, base
         if typ in (b"moof", b"mfra", b"sidx", b"styp"):
             raise Mp4Error(f"fragmented MP4 ({typ.decode()} box at {pos}) is not supported")
         if pos == 0 and typ != b"ftyp":
@@ -125,10 +125,10 @@ def _locate(read_at: ReadAt, size: int) -> tuple[int, int, bytes]:
 
 
 def read_moov(read_at: ReadAt, size: int) -> tuple[int, bytes]:
-    """``(offset, moov bytes)`` with at most three reads (one when it is in the first 64 KiB)."""
-    off, length, head = _locate(read_at, size)
-    if off + length <= len(head):
-        return off, head[off : off + length]
+    """``(offset, moov bytes)`` in at most three reads (fewer when a read already holds it)."""
+    off, length, buf, base = _locate(read_at, size)
+    if base <= off and off + length <= base + len(buf):
+        return off, bytes(buf[off - base : off - base + length])
     data = read_at(off, length)
     if len(data) != length:
         raise Mp4Error(f"short read of moov: {len(data)} of {length} bytes")
