@@ -42,9 +42,13 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        says = re.search(r"\(default|default:|; default", text.lower().replace("by default", ""))
         if (
-            "default" in text.lower()
-            or action.default in (None, False, argparse.SUPPRESS, [])
+            says
+            or action.default is None
+            or action.default is False
+            or action.default is argparse.SUPPRESS
+            or action.default == []
             or not action.option_strings
             or action.nargs == 0
         ):
@@ -52,7 +56,8 @@ class HelpFormatter(argparse.HelpFormatter):
         default = action.default
         if isinstance(default, list):
             default = " ".join(map(str, default))
-        return f"{text} (default: {str(default).replace('%', '%%')})"
+        shown = str(default).replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -102,7 +107,7 @@ def check_root(root: str | None) -> None:
 # and wrapped Python errors its site-packages paths: useless to a user, so they are cut.
 _TORCHCODEC_PATH = re.compile(
     r"(?:\b[A-Za-z_]\w*, )?(?:[^\s,'\"()]*/)?torchcodec/[^\s,'\"()]*\.(?:cpp|cc|h|hpp|py)"
-    r"(?::\d+)?(?:, ?)?"
+    r"(?::\d+)?(?:[,:] ?)?"
 )
 
 
