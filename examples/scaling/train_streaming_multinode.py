@@ -140,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         "there is none, so a requeued job can always pass --resume)",
     )
     run.add_argument("--log-every", type=int, default=10, help="steps between throughput logs")
-    run.add_argument("--log-samples", metavar="FILE", help="JSON lines of the samples per step")
+    run.add_argument(
+        "--log-samples",
+        metavar="FILE",
+        help="JSON lines of the samples per step; one file per rank: with several processes "
+        "rank r writes FILE with .rank<r> before the suffix (or put {rank} in the name)",
+    )
     run.add_argument("--metrics-json", metavar="FILE", help="write a run summary (main process)")
     return p
 
