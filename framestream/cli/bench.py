@@ -47,11 +47,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             action.help = (
                 "folder for results.json, results.csv, results.png and one JSON per run "
                 f"(default: ./{DEFAULT_OUTPUT}/<timestamp>/ for a single-process run; none "
-                "under torchrun/srun unless given)"
+                "with --json or under torchrun/srun unless given)"
             )
         elif action.dest == "ceiling":
             action.help = (str(action.help or "") + " (costs --ceiling-seconds per run)").strip()
-    p.add_argument("--json", action="store_true", help="print the results as a JSON list")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the results as a JSON list on stdout (and write no results folder "
+        "unless --output-dir is given)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -107,7 +112,7 @@ def load_note(before: float | None, during: list[float], own: int, cpus: int) ->
 
 
 def _default_output_dir(args: argparse.Namespace) -> str | None:
-    if args.output_dir or args.csv:
+    if args.output_dir or args.csv or args.json:  # --json: the results go to stdout
         return args.output_dir
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks would pick different folders
         return None
