@@ -35,7 +35,7 @@ if [ "${1:-}" = "--print" ]; then
   exit 0
 fi
 echo "readme_commands: the README's quick start, as user $user:"
-printf '  %s\n' "$commands"
+printf '%s\n' "$commands" | sed 's/^/  /'
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "readme_commands: run as root (it creates the user and gives it sudo)" >&2
@@ -73,4 +73,4 @@ script="$work/quickstart.sh"
 } >"$script"
 chown "$user:" "$script"
 # A login shell: the user's own HOME, PATH and caches, nothing of root's environment.
-runuser --login "$user" -- bash "$script"
+runuser --login "$user" -c "bash $script"
