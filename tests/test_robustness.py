@@ -407,7 +407,7 @@ def index_as_float(root: Path, meta: DatasetMeta) -> Outcome:
         "index",
         lambda t: pa.array(t.column("index").to_numpy().astype(np.float64), pa.float64()),
     )
-    return _episode_level(episode, [rel, "'index'", "int64", "double"], "dtype")
+    return _episode_level(episode, [rel, "'index'", "int64", "float64"], "dtype")
 
 
 def inf_state(root: Path, meta: DatasetMeta) -> Outcome:
@@ -434,7 +434,8 @@ def overlapping_index(root: Path, meta: DatasetMeta) -> Outcome:
     last = int(eps.episode_index[-1])
     row = eps.row(last)
     lo = int(eps.from_index[row]) - 4
-    for name, value in (("dataset_from_index", lo), ("dataset_to_index", lo + int(eps.length[row]))):
+    hi = lo + int(eps.length[row])
+    for name, value in (("dataset_from_index", lo), ("dataset_to_index", hi)):
         _write_episodes_column(root, name, last, value)
     _rewrite_data_column(
         root, meta, last, "index", lambda t: pa.array(lo + _frames_of(t), pa.int64())
