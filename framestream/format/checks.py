@@ -90,14 +90,16 @@ def _dtype_matches(declared: str, t: pa.DataType) -> bool | None:
     return None  # image, video, and kinds checked elsewhere
 
 
-def column_types(schema: pa.Schema, meta: DatasetMeta, columns: Iterable[str]) -> list[RowProblem]:
-    """Columns whose stored type is of another kind than info.json's dtype.
+def column_types(
+    schema: pa.Schema, meta: DatasetMeta, columns: Iterable[str]
+) -> dict[str, RowProblem]:
+    """Columns whose stored type is of another kind than info.json's dtype, by name.
 
     Why: a string or integer column where float32 is declared, or ``index`` stored as floats,
     would otherwise crash far away (a bare ``TypeError`` converting the sample) or be read
     silently as something it is not. Checked on the file's schema: no rows are read.
     """
-    out = []
+    out: dict[str, RowProblem] = {}
     for name in columns:
         feature = meta.features.get(name)
         if feature is None or schema.get_field_index(name) < 0:
@@ -105,12 +107,10 @@ def column_types(schema: pa.Schema, meta: DatasetMeta, columns: Iterable[str]) -
         value, depth = _value_type(schema.field(name).type)
         if _dtype_matches(feature.dtype, value) is False:
             found = _arrow_dtype_name(value) + (" (in a list)" if depth else "")
-            out.append(
-                RowProblem(
-                    "dtype",
-                    f"feature {name!r} is stored as {found} but info.json declares dtype "
-                    f"{feature.dtype}",
-                )
+            out[name] = RowProblem(
+                "dtype",
+                f"feature {name!r} is stored as {found} but info.json declares dtype "
+                f"{feature.dtype}",
             )
     return out
 

@@ -111,7 +111,7 @@ class TableReader:
         pf, groups = self._open(rel)
         problem = checks.missing_columns(pf.schema_arrow.names, self.columns)
         problem = problem or next(
-            iter(checks.column_types(pf.schema_arrow, meta, self.columns)), None
+            iter(checks.column_types(pf.schema_arrow, meta, self.columns).values()), None
         )
         if problem:
             raise problem.error(where, episode)
