@@ -56,8 +56,9 @@ def copy(root, tmp_path) -> Path:
 
 def _one_episode_file(meta: DatasetMeta) -> int:
     """An episode alone in its data file (the corpus helpers rewrite whole files)."""
-    files = [meta.data_file(int(e)) for e in meta.episodes.episode_index]
-    return next(int(e) for e, f in zip(meta.episodes.episode_index, files) if files.count(f) == 1)
+    eps = [int(e) for e in meta.episodes.episode_index]
+    files = [meta.data_file(e) for e in eps]
+    return next(e for e, f in zip(eps, files, strict=True) if files.count(f) == 1)
 
 
 # ------------------------------------------------------------------ 18.3: timestamps
@@ -198,8 +199,10 @@ def test_camera_file_at_another_resolution_fails_by_name_in_batches(copy, meta):
         for _ in loader:
             pass
     msg = str(info.value)
-    assert all(m in msg for m in out.match), msg
+    h, w, c = meta.features[meta.video_keys[1]].shape
+    assert all(m in msg for m in out.match[:3]) and f"declares {h}x{w}x{c}" in msg, msg
     assert any(f"episode {e}" in msg for e in out.bad), msg
+    assert "resize storage" not in msg
 
 
 # ------------------------------------------------------------------ 18.7: full cache disk
