@@ -10,12 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from framestream.format.validate import Problem, Report
 
 from framestream.cli import main
 from framestream.cli.bench import load_note
 from framestream.cli.common import CLIError, clean_message, is_hub_repo_id, looks_local
 from framestream.cli.validate import format_grouped, pattern
+from framestream.validate.dataset import Problem, Report
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -176,6 +176,8 @@ def report(prog: str, exc: BaseException) -> int:
 
     if isinstance(exc, CLIError):
         code, message = exc.code, str(exc)
+    elif isinstance(exc, argparse.ArgumentTypeError):  # a bad option value (framestream._units)
+        code, message = 2, str(exc)
     elif isinstance(exc, FramestreamError):
         code, message = 1, str(exc)
     elif isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):

@@ -69,7 +69,7 @@ def _source_options(kwargs: dict[str, Any]) -> Iterator[None]:
     """Give the validator's :class:`Source` the remote options it has no parameter for."""
     import functools
 
-    from framestream.format import validate as module
+    from framestream.validate import dataset as module
 
     extra = {k: v for k, v in kwargs.items() if v is not None}
     if not extra:
