@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from framestream._errors import StateDictError
 from framestream.decode.buffers import per_process
 from framestream.format.episodes import select_episodes
 from framestream.format.meta import DatasetMeta
 from framestream.io.source import RemoteOptions, Source, resolve_url
+from framestream.stream.epoch import EpochClock, SkipEvent
 from framestream.stream.options import StreamOptions
 from framestream.stream.plan import Plan, make_plan, resolve_rank
 from framestream.stream.resume import start_schedule
@@ -33,6 +35,7 @@ from framestream.stream.state import (
     DatasetState,
     Fingerprint,
     Progress,
+    StreamPosition,
     find_states,
     merge,
     parse_state,
@@ -171,8 +174,7 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         self.image_transforms = image_transforms
         self._rank, self._world_size = rank, world_size
         self._board = StatsBoard()
-        self._stream: WorkerStream | None = None
-        self._pending: DatasetState | None = None
+        self._init_epoch_state()
 
     # --------------------------------------------------------------- public surface
     @property
@@ -181,7 +183,9 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
 
     @property
     def epoch(self) -> int:
-        return self._board.epoch
+        """The epoch of the pass in progress (or the last one), or of the next pass once
+        :meth:`set_epoch` or :meth:`load_state_dict` chose it."""
+        return self._clock.epoch
 
     def __getattr__(self, name: str) -> Any:
         # Each option reads as an attribute too (``ds.buffer_size``), from the one options object.
@@ -195,8 +199,19 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         return self.options.decoder_cache_size(len(self.meta.video_keys))
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration follows (seen by all workers)."""
-        self._board.epoch = int(epoch)
+        """The next pass (``iter(ds)``, or one ``iter(loader)`` over all its workers) streams
+        ``epoch``. Without it, each new pass streams the previous pass's epoch + 1.
+
+        After :meth:`load_state_dict`, ``set_epoch`` with the state's epoch continues that
+        state (an empty pass if the state had finished its epoch); any other epoch starts
+        that epoch afresh and forgets the state.
+        """
+        epoch = int(epoch)
+        p = self._pending
+        if p is not None and not (p.epoch == epoch and self._clock.pending_applies_next()):
+            self._pending = None
+            self._clock.drop_pending()
+        self._clock.arm(epoch)
 
     def rank_and_world_size(self) -> tuple[int, int]:
         return resolve_rank(self._rank, self._world_size)
@@ -214,7 +229,16 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         epoch = self.epoch if epoch is None else epoch
         return self._plan(r if rank is None else rank, w, worker, num_workers, epoch)
 
-    def _plan(self, rank: int, world_size: int, worker: int, num_workers: int, epoch: int) -> Plan:
+    def _plan(
+        self,
+        rank: int,
+        world_size: int,
+        worker: int,
+        num_workers: int,
+        epoch: int,
+        *,
+        even_ranks: bool | None = None,
+    ) -> Plan:
         o = self.options
         return make_plan(
             self.episodes,
@@ -226,7 +250,7 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
             world_size=world_size,
             worker=worker,
             num_workers=num_workers,
-            even_ranks=o.even_ranks,
+            even_ranks=o.even_ranks if even_ranks is None else even_ranks,
         )
 
     def num_samples(self, *, num_workers: int = 0) -> int:
@@ -266,38 +290,71 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:
             _freeze_once()
-        rank, world_size = self.rank_and_world_size()
-        state = self._pending
+        slot = 0 if info is None else worker + 1
+        started = self._clock.start(slot, 0 if info is None else num_workers)
+        epoch, state = started.epoch, None
+        local, self._loaded_here = self._loaded_here, None
+        if local is not None:
+            # Restored inside this worker (StatefulDataLoader): the state's epoch wins unless
+            # set_epoch() moved past it.
+            if local.epoch >= epoch:
+                state, epoch = local, local.epoch
+                self._clock.use_epoch(started.generation, epoch)
+        elif started.pending and self._pending is not None and self._pending.epoch == epoch:
+            state = self._pending  # a loaded state applies to one pass only
         if info is None:
-            self._pending = None  # consumed; in workers the main copy keeps it
-        epoch = self.epoch
-        if state is not None:
-            if state.epoch < epoch:
-                state = None  # set_epoch() moved past the saved epoch: a fresh epoch
-            else:
-                epoch = state.epoch
-        o = self.options
-        start = start_schedule(
-            state,
-            plan=lambda r, ws, w, nw: self._plan(r, ws, w, nw, epoch).segments,
-            config=ScheduleConfig(o.shuffle, o.active_shards, o.buffer_size, o.shuffle_warmup),
-            seed=o.seed,
-            epoch=epoch,
-            layout=(rank, world_size, worker, num_workers),
-        )
-        slot = (worker + 1) % self._board.slots
+            self._pending = None  # consumed (or outdated); in workers the clock says so
+        start = self._start(state, epoch, worker, num_workers)
+        layout = Layout(*self.rank_and_world_size(), start.worker, num_workers, epoch)
+        # skip events of this pass, re-recorded for the drops a progress state replayed
+        events = max(1, num_workers)
+        if state is not None and state.progress is not None:
+            done = state.progress.consumed[start.worker]
+            for w, emitted, rid, lost in state.progress.skips:
+                if w == start.worker and emitted < done:
+                    ev = SkipEvent(w, emitted, rid, lost)
+                    self._clock.record_skip(slot, epoch, events, ev)
+
+        def on_skip(emitted: int, rid: int, lost: int) -> None:
+            ev = SkipEvent(start.worker, emitted, rid, lost)
+            self._clock.record_skip(slot, epoch, events, ev)
+
+        stats_slot = (worker + 1) % self._board.slots
         stream = WorkerStream(
-            ReadSpec(self.meta, self.window, o, self.image_transforms),
+            ReadSpec(self.meta, self.window, self.options, self.image_transforms),
             start.schedule,
-            Layout(rank, world_size, start.worker, num_workers, epoch),
-            publish=lambda deltas: self._board.add(slot, deltas),
+            layout,
+            publish=lambda deltas: self._board.add(stats_slot, deltas),
             custom_segments=start.custom_segments,
+            on_skip=on_skip,
         )
         self._stream = stream
         try:
             yield from stream
         finally:
             stream.close()
+
+    def _start(self, state: DatasetState | None, epoch: int, worker: int, num_workers: int):
+        """Where (this rank, ``worker``) starts ``epoch`` from ``state``: no I/O."""
+        o = self.options
+        rank, world_size = self.rank_and_world_size()
+        saved_plan = None
+        if state is not None and state.fingerprint.even_ranks != o.even_ranks:
+            saved_even = state.fingerprint.even_ranks
+
+            def saved_plan(r: int, ws: int, w: int, nw: int) -> Any:
+                return self._plan(r, ws, w, nw, epoch, even_ranks=saved_even).segments
+
+        return start_schedule(
+            state,
+            plan=lambda r, ws, w, nw: self._plan(r, ws, w, nw, epoch).segments,
+            config=ScheduleConfig(o.shuffle, o.active_shards, o.buffer_size, o.shuffle_warmup),
+            seed=o.seed,
+            epoch=epoch,
+            layout=(rank, world_size, worker, num_workers),
+            even_ranks=o.even_ranks,
+            saved_plan=saved_plan,
+        )
 
     # --------------------------------------------------------------- state
     def _fingerprint(self) -> Fingerprint:
@@ -315,62 +372,147 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
             even_ranks=o.even_ranks,
         )
 
+    def _init_epoch_state(self) -> None:
+        self._clock = EpochClock()  # shared with the DataLoader workers
+        self._stream: WorkerStream | None = None
+        self._pending: DatasetState | None = None  # loaded here, for the next pass
+        self._loaded_here: DatasetState | None = None  # loaded inside a DataLoader worker
+
+    def _idle(self, worker: int, num_workers: int) -> DatasetState:
+        """Nothing delivered yet: the position records who it is (for elastic merges)."""
+        rank, world_size = self.rank_and_world_size()
+        pos = StreamPosition(rank, world_size, worker, num_workers, None, False)
+        return DatasetState("idle", self.epoch, self._fingerprint(), (pos,))
+
     def state_dict(self) -> dict[str, Any]:
         """This process's stream position: kilobytes of references and cursors, no pixels.
 
         Inside a DataLoader worker (torchdata's ``StatefulDataLoader`` calls it there) it is
         that worker's position. Load it back with :meth:`load_state_dict` for an exact resume
         (same world size and workers), or combine every rank's and worker's states with
-        :func:`merge_states` for an elastic one.
+        :func:`merge_states` for an elastic one. A state says which epoch it belongs to and
+        whether that epoch was finished.
+
+        Raises :class:`StateDictError` in the training process while a plain DataLoader's
+        workers stream the pass: they hold the position, not this process (use a
+        ``StatefulDataLoader``, or :meth:`progress_state` from the batches consumed).
         """
-        if self._stream is not None:
-            pos = self._stream.position()
-            state = DatasetState("stream", self._stream.layout.epoch, self._fingerprint(), (pos,))
-        elif self._pending is not None:
-            state = self._pending
-        else:
-            state = DatasetState("idle", self.epoch, self._fingerprint())
-        return state.to_dict()
+        info = torch.utils.data.get_worker_info()
+        clock = self._clock
+        if info is not None:
+            if clock.pass_num_workers() is None:  # armed: set_epoch/load since the last pass
+                if self._loaded_here is not None:
+                    return self._loaded_here.to_dict()
+                if self._pending is not None and clock.pending_applies_next():
+                    start = self._start(
+                        self._pending, self._pending.epoch, info.id, info.num_workers
+                    )
+                    return self._position_state(start, self._pending.epoch, info).to_dict()
+                return self._idle(info.id, info.num_workers).to_dict()
+            if self._stream is not None:
+                return self._stream_state(self._stream).to_dict()
+            if self._loaded_here is not None:
+                return self._loaded_here.to_dict()
+            return self._idle(info.id, info.num_workers).to_dict()
+        if self._pending is not None and clock.pending_applies_next():
+            return self._pending.to_dict()
+        running = clock.pass_num_workers()
+        if running is None or self._stream is None and running == 0:
+            return self._idle(0, 1).to_dict()
+        if running > 0:
+            raise StateDictError(
+                f"state_dict() in the training process while a DataLoader's {running} workers "
+                "stream this pass: the position is in the workers, not here. Use torchdata's "
+                "StatefulDataLoader (loader.state_dict()), or with a plain DataLoader "
+                "ds.progress_state(batches=..., batch_size=..., num_workers=...)"
+            )
+        assert self._stream is not None
+        return self._stream_state(self._stream).to_dict()
+
+    def _stream_state(self, stream: WorkerStream) -> DatasetState:
+        return DatasetState(
+            "stream", stream.layout.epoch, self._fingerprint(), (stream.position(),)
+        )
+
+    def _position_state(self, start: Any, epoch: int, info: Any) -> DatasetState:
+        rank, world_size = self.rank_and_world_size()
+        sch = start.schedule
+        pos = StreamPosition(
+            rank,
+            world_size,
+            start.worker,
+            info.num_workers,
+            sch.state_dict(),
+            sch.finished,
+            tuple(sch.segments) if start.custom_segments else None,
+        )
+        return DatasetState("stream", epoch, self._fingerprint(), (pos,))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` at the next ``iter()`` of the state's epoch.
+        """Continue from ``state`` in the next pass, which streams the state's epoch.
 
         Accepts a single stream's state (:meth:`state_dict`), a merged state of all ranks and
         workers (:func:`merge_states`; exact when the world size and workers match, elastic
         otherwise), or a progress state (:meth:`progress_state`) for a plain DataLoader.
         A state from another dataset, seed or framestream version is refused.
+
+        A state applies to one pass only. A *finished* state (saved at or after the last
+        batch of epoch ``e``) means "epoch ``e`` is done": ``set_epoch(e)`` (before or after
+        loading) gives an empty pass, ``set_epoch(e + 1)`` or no ``set_epoch`` at all streams
+        epoch ``e + 1`` from its start.
         """
         parsed = parse_state(state)
-        self._fingerprint().check(parsed.fingerprint)
+        self._fingerprint().check(parsed.fingerprint, elastic=parsed.kind == "merged")
         if torch.utils.data.get_worker_info() is not None:
             # Inside a DataLoader worker (StatefulDataLoader restores there): never move the
             # epoch shared with the training process and the other workers.
-            self._pending = parsed
+            self._loaded_here = parsed
             return
-        if parsed.finished:
-            # Saved after the epoch ended (StatefulDataLoader snapshots then too): go on with
-            # the next epoch rather than replaying an empty remainder.
-            self._pending = None
-            self.set_epoch(parsed.epoch + 1)
-            return
+        self._stream = None
         self._pending = parsed
-        self.set_epoch(parsed.epoch)
+        if parsed.finished and self._clock.pinned_epoch != parsed.epoch:
+            # Epoch e is done: the next pass is e + 1 unless set_epoch(e) is called.
+            self._clock.arm(parsed.epoch + 1, pending=True, pinned=False)
+        else:
+            self._clock.arm(parsed.epoch, pending=True)
 
     def progress_state(
-        self, *, batches: int, batch_size: int, num_workers: int, epoch: int | None = None
+        self,
+        *,
+        batches: int,
+        batch_size: int,
+        num_workers: int,
+        epoch: int | None = None,
+        drop_last: bool = False,
     ) -> dict[str, Any]:
         """A state for a plain ``torch.utils.data.DataLoader``, from batches consumed.
 
         A plain DataLoader (``in_order=True``) takes batches from its workers round-robin,
         skipping workers that ran out; from the number of batches the training loop consumed
         this rebuilds how many samples each worker had delivered. Workers then fast-forward
-        their schedule (no decoding) and continue exactly where they stopped.
-        ``batches`` counts the epoch's batches from its start (earlier resumes included).
+        their schedule (no decoding) and continue exactly where they stopped; episodes the
+        run skipped (``on_error="skip"``, recorded by the workers) are dropped at the same
+        points. ``batches`` counts the epoch's batches from its start (earlier resumes
+        included); ``drop_last`` must be the loader's. Call it in the process that runs the
+        loader, during or right after the pass it describes.
         """
         epoch = self.epoch if epoch is None else int(epoch)
         nw = max(1, num_workers)
-        counts = [self.plan(worker=w, num_workers=nw, epoch=epoch).num_samples for w in range(nw)]
-        per_worker = [-(-c // batch_size) for c in counts]  # batches each worker will yield
+        events, overflow = self._clock.skips(epoch, nw)
+        if overflow:
+            raise StateDictError(
+                "too many episodes were skipped this epoch to rebuild the position from a batch "
+                "count; use torchdata's StatefulDataLoader for an exact resume"
+            )
+        lost = [0] * nw
+        for ev in events:
+            lost[ev.worker] += ev.lost
+        counts = [
+            self.plan(worker=w, num_workers=nw, epoch=epoch).num_samples - lost[w]
+            for w in range(nw)
+        ]
+        # batches each worker yields
+        per_worker = [c // batch_size if drop_last else -(-c // batch_size) for c in counts]
         consumed_batches = [0] * nw
         left, w = int(batches), 0
         while left > 0 and any(consumed_batches[i] < per_worker[i] for i in range(nw)):
@@ -382,7 +524,13 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         # A fresh DataLoader starts its round-robin at worker 0: rotate the workers' roles so
         # that physical worker 0 plays the worker whose batch was due next.
         due = [i for i in [*range(w, nw), *range(w)] if consumed_batches[i] < per_worker[i]]
-        progress = Progress(num_workers, consumed, due[0] if due else 0)
+        progress = Progress(
+            num_workers,
+            consumed,
+            due[0] if due else 0,
+            skips=tuple((e.worker, e.emitted, e.rid, e.lost) for e in events),
+            finished=not due,
+        )
         return DatasetState("progress", epoch, self._fingerprint(), progress=progress).to_dict()
 
 
@@ -395,4 +543,3 @@ def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     size and workers, and elastically (no sample lost or repeated) on any other.
     """
     return merge(find_states(list(states))).to_dict()
-
