@@ -291,9 +291,14 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         if info is not None:
             _freeze_once()
         slot = 0 if info is None else worker + 1
+        local, self._loaded_here = self._loaded_here, None
+        if local is not None and local.finished:
+            if local.epoch < self._clock.peek(slot, 0 if info is None else num_workers):
+                # A finished state of an epoch the loop moved past: torchdata restores worker
+                # states saved after a pass into an iterator it then discards. Not a pass.
+                return
         started = self._clock.start(slot, 0 if info is None else num_workers)
         epoch, state = started.epoch, None
-        local, self._loaded_here = self._loaded_here, None
         if local is not None:
             # Restored inside this worker (StatefulDataLoader): the state's epoch wins unless
             # set_epoch() moved past it.

@@ -55,7 +55,6 @@ IO_FIELDS = (
 )
 
 
-
 def cache_dir() -> Path:
     """``$FRAMESTREAM_CACHE``, else ``$XDG_CACHE_HOME/framestream`` or ``~/.cache/framestream``."""
     if os.environ.get("FRAMESTREAM_CACHE"):

@@ -110,17 +110,28 @@ class EpochClock:
         return None if h[_ARMED] or h[_GEN] == 0 else int(h[_PASS_NW])
 
     # ------------------------------------------------------------ a process starting a pass
+    def _joins(self, slot: int, num_workers: int) -> bool:
+        h = self._head
+        return bool(
+            h[_GEN] > 0
+            and not h[_ARMED]
+            and self._seen[slot] < h[_GEN]
+            and h[_PASS_NW] == num_workers
+        )
+
+    def peek(self, slot: int, num_workers: int) -> int:
+        """The epoch :meth:`start` would give ``slot`` now (nothing changes)."""
+        with self._locked():
+            h = self._head
+            if self._joins(slot, num_workers):
+                return int(h[_PASS_EPOCH])
+            return int(h[_NEXT]) if h[_ARMED] else int(h[_PASS_EPOCH]) + 1
+
     def start(self, slot: int, num_workers: int) -> PassInfo:
         """``slot`` (0: training process, w + 1: worker w) begins iterating."""
         with self._locked():
             h = self._head
-            joins = (
-                h[_GEN] > 0
-                and not h[_ARMED]
-                and self._seen[slot] < h[_GEN]
-                and h[_PASS_NW] == num_workers
-            )
-            if not joins:
+            if not self._joins(slot, num_workers):
                 epoch = int(h[_NEXT]) if h[_ARMED] else int(h[_PASS_EPOCH]) + 1
                 h[_GEN] += 1
                 h[_PASS_EPOCH], h[_PASS_NW], h[_ARMED], h[_PINNED] = epoch, num_workers, 0, 0
