@@ -338,3 +338,73 @@ def test_elastic_resume_may_change_even_ranks(root, total, old, new):
     ds = make(root, even_ranks=not old_even)
     with pytest.raises(StateDictError, match="even_ranks"):
         ds.load_state_dict(states[0])
+
+
+# ------------------------------------------------------------------------- through the example
+def _example():
+    import test_train_example as ex  # the example's runner and log readers
+
+    return ex
+
+
+def test_example_checkpoint_at_the_last_batch_resumes_the_next_epoch(root, total, tmp_path):
+    """18.1 in the training example: stopped on epoch 0's last batch, resumed: epoch 1 only."""
+    ex = _example()
+    args = ["--dummy", "--root", str(root), "--plain-loader", "--num-workers", "0",
+            "--batch-size", "8", "--epochs", "2", "--log-every", "0",
+            "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    per_epoch = -(-total // 8)
+    ex.run_example([*args, "--max-steps", str(per_epoch), "--log-samples", str(tmp_path / "a")])
+    ex.run_example([*args, "--resume", "--log-samples", str(tmp_path / "b")])
+    before, after = ex.read_log(tmp_path / "a"), ex.read_log(tmp_path / "b")
+    assert {r["epoch"] for r in before} == {0} and {r["epoch"] for r in after} == {1}
+    for records in (before, after):
+        assert sorted(i for r in records for i in r["index"]) == list(range(total))
+
+
+@pytest.mark.slow  # four launches, two of them with 2 processes
+@pytest.mark.timeout(1200)
+def test_example_elastic_resume_changes_the_process_count(root, total, tmp_path):
+    """18.11: 2 -> 1 and 1 -> 2 processes (even_ranks forced on with 2), no sample lost."""
+    pytest.importorskip("accelerate")
+    import socket
+    import sys
+
+    ex = _example()
+
+    def launcher(n: int) -> list[str] | None:
+        if n == 1:
+            return None
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+                "--main_process_port", str(port)]  # fmt: skip
+
+    for first, second in ((2, 1), (1, 2)):
+        out = tmp_path / f"{first}to{second}"
+        args = ["--dummy", "--root", str(root), "--num-workers", "0", "--batch-size", "4",
+                "--epochs", "1", "--log-every", "0", "--output-dir", str(out)]  # fmt: skip
+        log = ex.run_example(
+            [*args, "--max-steps", "3", "--log-samples", str(out / "a.jsonl")],
+            launcher=launcher(first),
+            check=False,
+        )
+        if "[config] world_size=2" not in log and first == 2:
+            pytest.skip(f"2 processes did not start as one job here:\n{log[-3000:]}")
+        assert log.endswith("[rc=0]"), log[-6000:]
+        log = ex.run_example(
+            [*args, "--resume", "--log-samples", str(out / "b.jsonl")], launcher=launcher(second)
+        )
+        assert "elastic" in log, log[-3000:]
+        seen = []
+        for path in sorted(out.glob("*.jsonl")):
+            for rec in ex.read_log(path):
+                rep = rec.get("is_repeat") or [False] * len(rec["index"])
+                seen += [i for i, r in zip(rec["index"], rep, strict=True) if not r]
+        counts = Counter(seen)
+        assert sorted(counts) == list(range(total)), f"{first}->{second}: samples lost"
+        # repeats (even_ranks padding) are flagged; a real sample comes once
+        assert max(counts.values()) == 1, f"{first}->{second}: a sample came twice"
