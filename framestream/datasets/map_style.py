@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from framestream.decode.video import DecoderCache, decode_episode_frames, resolve_backend
-from framestream.format.episodes import select_episodes
 from framestream.format.meta import DatasetMeta
+from framestream.format.selection import select_episodes
 from framestream.format.tables import EpisodeData, TableReader, image_frames
 from framestream.io.source import Source
 from framestream.stream.sample import WindowSpec, build_sample, in_layout
