@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from framestream._errors import DatasetFormatError
 from framestream.batch import slots as _slots
 from framestream.datasets.resumable import Resumable
 from framestream.decode import buffers as _buffers
@@ -79,6 +80,23 @@ class _Publisher:
         memory = {k: v - self.base[k] for k, v in now.items()}
         self.base = now
         self.board.add(self.slot, deltas | memory)
+
+
+def _check_not_all_skipped(stream: WorkerStream, url: str) -> None:
+    """on_error='skip' must not turn a broken dataset into a quiet, empty epoch."""
+    if stream.counters.samples or not stream.skipped:
+        return
+    reasons: dict[str, int] = {}
+    for k, v in stream.counters.extra.items():
+        if k.startswith("skipped_") and k.endswith("_errors"):
+            reasons[k.removeprefix("skipped_").removesuffix("_errors")] = v
+    first = stream.skipped[0]
+    raise DatasetFormatError(
+        f"dataset {url}: every episode this worker was given failed and was skipped "
+        f"({len(stream.skipped)} episodes, {sum(s['samples'] for s in stream.skipped)} samples; "
+        f"by cause: {reasons}); nothing to stream. First: episode {first['episode']}: "
+        f"{first['reason'][:300]}"
+    )
 
 
 def open_source(
@@ -333,6 +351,7 @@ class StreamingLeRobotDataset(Resumable, torch.utils.data.IterableDataset):
         self._stream = stream
         try:
             yield from stream
+            _check_not_all_skipped(stream, self.meta.source.url)
         finally:
             stream.close()
 

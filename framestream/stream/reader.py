@@ -21,6 +21,7 @@ from framestream._errors import FramestreamError
 from framestream.decode import buffers as _buffers
 from framestream.decode.planar import to_planar
 from framestream.decode.video import DecoderCache, decode_episode_frames
+from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
 from framestream.stream.plan import Segment
@@ -117,6 +118,7 @@ class SegmentReader:
             timestamps=self.ep.timestamps[todo].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
+            frame_shape=declared_frame_shape(self.meta.features[key]),
         )
         arr = frames.numpy()
         h, w, c = arr.shape[1:]
