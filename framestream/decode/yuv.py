@@ -85,7 +85,8 @@ def colorspace_id(colorspace: int | str) -> int:
         try:
             return _NAMES[colorspace.lower()]
         except KeyError:
-            raise ValueError(f"unknown colour space {colorspace!r}; known: {sorted(_NAMES)}")
+            known = sorted(_NAMES)
+            raise ValueError(f"unknown colour space {colorspace!r}; known: {known}") from None
     return int(colorspace)
 
 

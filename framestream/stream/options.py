@@ -95,7 +95,9 @@ class StreamOptions:
                 raise ValueError(f"{type(self).__name__}.{f.name} must be >= {low}, got {value}")
             object.__setattr__(self, f.name, value)
         if self.pixel_format == "yuv420" and (self.channels_last or not self.return_uint8):
-            raise ValueError("pixel_format='yuv420' needs return_uint8=True and channels_last=False")
+            raise ValueError(
+                "pixel_format='yuv420' needs return_uint8=True and channels_last=False"
+            )
         if not self.tolerance_s > 0 or not math.isfinite(self.tolerance_s):
             raise ValueError(f"tolerance_s must be a positive number, got {self.tolerance_s}")
 
