@@ -176,7 +176,7 @@ def open_video(
         if pixel_format == "yuv420":
             from framestream.decode.yuv_video import PyAVYuvFile
 
-            video: VideoFile = PyAVYuvFile(src, threads)
+            video: VideoFile = PyAVYuvFile(_PyAVFile(src, threads))
         elif backend == "torchcodec":
             video = _TorchcodecFile(src, threads)
         else:

@@ -14,19 +14,23 @@ import numpy as np
 import torch
 
 from framestream._errors import VideoDecodeError
-from framestream.decode.video import _PyAVFile
 from framestream.decode.yuv import i420_into
 
 
-class PyAVYuvFile(_PyAVFile):
-    """:class:`_PyAVFile` with I420 output; ``colorspace`` is the stream's ``AVColorSpace``."""
+class PyAVYuvFile:
+    """I420 output over a PyAV reader (``decode.video._PyAVFile``: its seeking and
+    frame choice, ``_frame_at(t) -> (pts, av.VideoFrame)``); ``colorspace`` is the stream's
+    ``AVColorSpace``, known after the first frame."""
 
-    def __init__(self, src: Any, threads: int) -> None:
-        super().__init__(src, threads)
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
         self.colorspace: int | None = None
 
+    def close(self) -> None:
+        self._reader.close()
+
     def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
-        found = [self._frame_at(float(t)) for t in seconds]
+        found = [self._reader._frame_at(float(t)) for t in seconds]
         first = found[0][1]
         h, w = first.height, first.width
         out = np.empty((len(found), h * 3 // 2, w), dtype=np.uint8)
