@@ -83,8 +83,15 @@ def run_lerobot_loader(
 
 
 def comparison_fields(samples_per_s: float, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Flat result fields: each loader's samples/s, framestream's ratio to it, errors."""
+    """Flat result fields: each loader's samples/s, framestream's ratio to it, errors.
+
+    Every field is present (None for a loader that was not run), so JSON and CSV rows of
+    runs with and without ``--compare-lerobot`` have the same keys.
+    """
     out: dict[str, Any] = {}
+    for name in ("map", "streaming"):
+        for key in ("lerobot_{}_samples_per_s", "vs_lerobot_{}", "lerobot_{}_error"):
+            out[key.format(name)] = None
     best = None
     for name, r in runs.items():
         rate = r.get("samples_per_s") if not r.get("error") else None

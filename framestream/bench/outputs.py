@@ -245,7 +245,7 @@ def format_summary(r: Mapping[str, Any]) -> str:
             ("samples x cameras / limit", pct(r.get("sample_frames_vs_decode_only"))),
         ]
     for name in ("map", "streaming"):
-        if f"lerobot_{name}_samples_per_s" not in r:
+        if name not in (r.get("lerobot_runs") or {}):
             continue
         err = r.get(f"lerobot_{name}_error")
         rate = r.get(f"lerobot_{name}_samples_per_s")

@@ -18,6 +18,7 @@ import numpy as np
 from framestream.bench.ceiling import ceiling_for_node
 from framestream.bench.config import TARGETS, BenchConfig, effective_warmup
 from framestream.bench.dist import DistInfo, detect_dist, gather_node_sums, init_dist
+from framestream.bench.lerobot_compare import comparison_fields
 from framestream.bench.measure import percentiles, stream_timed
 from framestream.bench.shuffle import expected_distinct_episodes
 from framestream.bench.system import load_avg, load_serve, machine, versions
@@ -297,7 +298,7 @@ def _run_one(
             notes.append("decode ceiling measured once per invocation, by an earlier run")
         ceiling = session.ceiling
 
-    lerobot: dict[str, Any] = {}
+    lerobot: dict[str, Any] = comparison_fields(samples_per_s, {})
     if cfg.compare_lerobot and info.rank == 0:
         lerobot = _compare_lerobot(cfg, local_root or root, deltas, warmup, samples_per_s, say)
 
