@@ -155,10 +155,10 @@ def main(argv: list[str]) -> int:
         result = run(cfg)
     except BaseException as exc:  # reported, so the benchmark can say what failed
         tb = traceback.format_exc().strip().splitlines()
-        msg = str(exc).strip()
+        msg = f"{type(exc).__name__}: {str(exc).strip()}"
         if "Original Traceback" in msg:  # raised in a DataLoader worker: keep its last line
             msg = msg.splitlines()[-1] + " (in a DataLoader worker)"
-        result = {"error": f"{type(exc).__name__}: {msg}", "traceback": tb[-12:]}
+        result = {"error": msg, "traceback": tb[-12:]}
     result["loader"] = cfg.get("loader")
     result["versions"] = _versions()
     print(MARK + json.dumps(result), flush=True)
