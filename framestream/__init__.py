@@ -16,6 +16,7 @@ The public surface is small; everything in a ``_module`` is private.
 
 from framestream._errors import (
     DatasetFormatError,
+    DatasetNotFoundError,
     EpisodeNotFoundError,
     FramestreamError,
     SourceError,
@@ -48,6 +49,7 @@ __all__ = [
     "DatasetConfig",
     "DatasetFormatError",
     "DatasetMeta",
+    "DatasetNotFoundError",
     "EpisodeNotFoundError",
     "FramestreamError",
     "LeRobotDataset",

@@ -12,20 +12,17 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from framestream._errors import DatasetFormatError
-from framestream.batch import slots as _slots
-from framestream.decode import buffers as _buffers
+from framestream.datasets.common import Publisher, check_not_all_skipped, open_source
 from framestream.decode.buffers import per_process
 from framestream.format.meta import DatasetMeta
 from framestream.format.selection import select_episodes
-from framestream.io.source import RemoteOptions, Source, resolve_url
+from framestream.io.source import RemoteOptions, Source
 from framestream.stream.options import StreamOptions
 from framestream.stream.plan import Plan, make_plan, resolve_rank
 from framestream.stream.resume import start_schedule
@@ -61,100 +58,6 @@ def _freeze_inherited_objects() -> bool:
 
 
 _freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
-
-
-def _memory_counts() -> dict[str, int]:
-    """This process's batch-slot and frame-buffer counters (cumulative across streams)."""
-    slots, buffers = _slots.pool(), _buffers.pool()
-    return {
-        "batch_slots_reused": slots.reused,
-        "batch_slot_fallbacks": slots.fallbacks,
-        "frame_buffers_reused": buffers.reused,
-        "frame_buffers_allocated": buffers.allocated,
-    }
-
-
-class _Publisher:
-    """Adds a stream's counter increments, and this process's memory counters, to a board row."""
-
-    def __init__(self, board: StatsBoard, slot: int) -> None:
-        self.board, self.slot = board, slot
-        self.base = _memory_counts()
-
-    def __call__(self, deltas: dict[str, int]) -> None:
-        now = _memory_counts()
-        memory = {k: v - self.base[k] for k, v in now.items()}
-        self.base = now
-        self.board.add(self.slot, deltas | memory)
-
-
-def _check_not_all_skipped(stream: WorkerStream, url: str) -> None:
-    """on_error='skip' must not turn a broken dataset into a quiet, empty epoch."""
-    if stream.counters.samples or not stream.skipped:
-        return
-    reasons: dict[str, int] = {}
-    for k, v in stream.counters.extra.items():
-        if k.startswith("skipped_") and k.endswith("_errors"):
-            reasons[k.removeprefix("skipped_").removesuffix("_errors")] = v
-    first = stream.skipped[0]
-    raise DatasetFormatError(
-        f"dataset {url}: every episode this worker was given failed and was skipped "
-        f"({len(stream.skipped)} episodes, {sum(s['samples'] for s in stream.skipped)} samples; "
-        f"by cause: {reasons}); nothing to stream. First: episode {first['episode']}: "
-        f"{first['reason'][:300]}"
-    )
-
-
-def open_source(
-    root: str | Source | None,
-    meta: DatasetMeta | None,
-    *,
-    storage_options: Mapping[str, Any] | None = None,
-    revision: str | None = None,
-    cache_dir: str | None = None,
-    cache_max_bytes: int | None = None,
-    remote_options: RemoteOptions | Mapping[str, Any] | None = None,
-) -> DatasetMeta:
-    """The dataset's metadata from exactly one description of where its bytes are.
-
-    ``meta`` already carries its :class:`Source`: source options given beside it would be
-    ignored, so they are refused instead.
-    """
-    given = {
-        "storage_options": storage_options,
-        "revision": revision,
-        "cache_dir": cache_dir,
-        "cache_max_bytes": cache_max_bytes,
-        "remote_options": remote_options,
-    }
-    set_names = [k for k, v in given.items() if v is not None]
-    if meta is not None:
-        if isinstance(root, str | os.PathLike) and resolve_url(os.fspath(root)) != meta.source.url:
-            raise ValueError(
-                f"root {os.fspath(root)!r} and meta= ({meta.source.url}) name different datasets"
-            )
-        if set_names or isinstance(root, Source):
-            raise ValueError(
-                f"meta= already says where the dataset is ({meta.source.url}); "
-                f"{set_names or ['a Source']} would be ignored: pass them to the Source of meta"
-            )
-        return meta
-    if isinstance(root, Source):
-        if set_names:
-            raise ValueError(f"{set_names} given beside a Source: set them on the Source")
-        return DatasetMeta(root)
-    if root is None:
-        raise ValueError("a dataset root (path or URL) or meta= is required")
-    return DatasetMeta(
-        Source(
-            str(root),
-            dict(storage_options or {}),
-            revision=revision,
-            cache_dir=None if cache_dir is None else str(cache_dir),
-            cache_max_bytes=cache_max_bytes,
-            remote=remote_options,
-        )
-    )
 
 
 class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
@@ -335,13 +238,13 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
             ReadSpec(self.meta, self.window, o, self.image_transforms),
             start.schedule,
             Layout(rank, world_size, start.worker, num_workers, epoch),
-            publish=_Publisher(self._board, slot),
+            publish=Publisher(self._board, slot),
             custom_segments=start.custom_segments,
         )
         self._stream = stream
         try:
             yield from stream
-            _check_not_all_skipped(stream, self.meta.source.url)
+            check_not_all_skipped(stream, self.meta.source.url)
         finally:
             stream.close()
 

@@ -19,6 +19,7 @@ import torch
 
 from framestream._errors import TimestampToleranceError, VideoDecodeError
 from framestream.decode.memory import prepare_decoding_process
+from framestream.format import checks
 from framestream.io.source import Source
 
 VideoBackend = Literal["torchcodec", "pyav"]
@@ -302,6 +303,7 @@ def decode_episode_frames(
     tolerance_s: float,
     fps: float,
     pixel_format: PixelFormat = "rgb",
+    frame_shape: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Decode the frames at episode-relative ``timestamps`` (ascending) of one camera.
 
@@ -311,6 +313,8 @@ def decode_episode_frames(
     slightly after the query (by ``min(tolerance_s, 0.5 / fps)``) so that float32 rounding of
     stored timestamps, a hair before a frame's start, still selects that frame.
     ``pixel_format="yuv420"``: I420 ``(N, H*3/2, W)`` frames instead of RGB ``(N, H, W, 3)``.
+    ``frame_shape`` (the declared height, width, channels) refuses frames of another size:
+    delivered, they would mix sizes in a batch (or crash its collation far from the cause).
     """
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
     nudge = min(tolerance_s, 0.5 / fps)
@@ -340,5 +344,13 @@ def decode_episode_frames(
             f"query at {query[i]:.6f}s (episode timestamp {float(timestamps[i]):.6f}s) decoded "
             f"a frame at {pts[i]:.6f}s, {diff[i]:.6f}s away (tolerance_s={tolerance_s}); "
             "the video and the episode index disagree"
+        )
+    shape = tuple(data.shape[1:])
+    if pixel_format == "yuv420":  # I420 (H*3/2, W): the RGB frame it stands for is (H, W, 3)
+        shape = (shape[0] * 2 // 3, shape[1], 3)
+    wrong = checks.frame_size(shape, frame_shape)
+    if wrong is not None:
+        raise VideoDecodeError(
+            f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: {wrong}"
         )
     return data

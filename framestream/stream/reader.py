@@ -22,6 +22,7 @@ from framestream.decode import buffers as _buffers
 from framestream.decode.planar import to_planar
 from framestream.decode.video import DecoderCache, decode_episode_frames
 from framestream.decode.yuv import COLORSPACE_SUFFIX
+from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
 from framestream.stream.plan import Segment
@@ -122,6 +123,7 @@ class SegmentReader:
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
             pixel_format="rgb" if self.yuv is None else "yuv420",
+            frame_shape=declared_frame_shape(self.meta.features[key]),
         )
         arr = frames.numpy()
         if self.yuv is not None:  # I420 (H*3/2, W) frames, kept as they are
