@@ -21,6 +21,7 @@ from framestream._errors import FramestreamError
 from framestream.decode import buffers as _buffers
 from framestream.decode.planar import to_planar
 from framestream.decode.video import DecoderCache, decode_episode_frames
+from framestream.decode.yuv import COLORSPACE_SUFFIX
 from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
@@ -72,6 +73,7 @@ class SegmentReader:
         image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
         decode_chunk: int = 16,
         channels_last: bool = False,
+        pixel_format: str = "rgb",
         cursor: int = 0,
         produced_pending: Sequence[int] = (),
     ) -> None:
@@ -81,6 +83,7 @@ class SegmentReader:
         self.return_uint8, self.image_transforms = return_uint8, image_transforms
         self.decode_chunk = decode_chunk
         self.channels_last = channels_last
+        self.yuv: dict[str, int] | None = {} if pixel_format == "yuv420" else None
         try:
             self.ep: EpisodeData = tables.read(segment.episode)
         except FramestreamError as exc:  # name the dataset, like errors of sample()
@@ -109,25 +112,31 @@ class SegmentReader:
         todo = cam.needed[cam.next : stop]
         if len(todo) == 0:  # every needed frame is decoded already
             return
+        relative = self.meta.video_file(self.ep.episode, key)
         frames = decode_episode_frames(
             self.decoders,
-            relative=self.meta.video_file(self.ep.episode, key),
+            relative=relative,
             camera=key,
             episode=self.ep.episode,
             from_timestamp=self.meta.video_from_timestamp(self.ep.episode, key),
             timestamps=self.ep.timestamps[todo].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
+            pixel_format="rgb" if self.yuv is None else "yuv420",
             frame_shape=declared_frame_shape(self.meta.features[key]),
         )
         arr = frames.numpy()
-        h, w, c = arr.shape[1:]
-        shape = (h, w, c) if self.channels_last else (c, h, w)
+        if self.yuv is not None:  # I420 (H*3/2, W) frames, kept as they are
+            self.yuv[key] = self.decoders.colorspace(relative) or 2
+            shape = arr.shape[1:]
+        else:
+            h, w, c = arr.shape[1:]
+            shape = (h, w, c) if self.channels_last else (c, h, w)
         for i, f in enumerate(todo.tolist()):
             # Own (recycled) memory per frame, so a chunk is freed frame by frame, laid out
             # once in the output's memory order for every sample that reuses the frame.
             own = _buffers.take(shape).numpy()
-            if self.channels_last:
+            if self.channels_last or self.yuv is not None:
                 own[...] = arr[i]
             else:
                 to_planar(arr[i], own)
@@ -170,6 +179,8 @@ class SegmentReader:
                 f"dataset {self.meta.source.url}: episode {self.ep.episode}, frame {frame}: {exc}"
             ) from exc
         self._release(frame)
+        for key, cs in (self.yuv or {}).items():  # for framestream.yuv_to_rgb
+            out[key + COLORSPACE_SUFFIX] = torch.tensor(cs)
         c = self.counters
         c.samples += 1
         c.delivered_frames += self.window_frames

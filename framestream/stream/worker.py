@@ -133,6 +133,7 @@ class WorkerStream:
                 counters=self.counters,
                 return_uint8=opts.return_uint8,
                 channels_last=opts.channels_last,
+                pixel_format=opts.pixel_format,
                 image_transforms=spec.image_transforms,
                 cursor=sch.cursor(rid),
                 produced_pending=[*sch.pending(rid), frame],
