@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import random
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -263,7 +265,12 @@ def _full_sweep() -> list[Scenario]:
         loop=["explicit", "auto"],
     )
     out = [Scenario(**dict(zip(axes, v, strict=True))) for v in itertools.product(*axes.values())]
-    return [s for s in out if s.valid()]
+    valid = [s for s in out if s.valid()]
+    # The whole product (~640 scenarios) would take most of CI's hour on 2 cores: a fixed,
+    # seeded sample of it runs in CI's slow step; FRAMESTREAM_FULL_SWEEP=1 runs every one.
+    if os.environ.get("FRAMESTREAM_FULL_SWEEP") == "1":
+        return valid
+    return random.Random(0).sample(valid, min(len(valid), 80))
 
 
 @pytest.mark.slow
