@@ -422,4 +422,3 @@ def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     size and workers, and elastically (no sample lost or repeated) on any other.
     """
     return merge(find_states(list(states))).to_dict()
-

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 
 from framestream._errors import TimestampToleranceError, VideoDecodeError
+from framestream.io.cache import CachedFile
+from framestream.io.mp4index import Mp4Error
+from framestream.io.remote import RangeNotSupportedError
 from framestream.io.source import Source
 
 VideoBackend = Literal["torchcodec", "pyav"]
@@ -65,9 +68,11 @@ class _TorchcodecFile:
     def __init__(self, src: Any, threads: int) -> None:
         from torchcodec.decoders import VideoDecoder
 
-        self._dec = VideoDecoder(
-            src, num_ffmpeg_threads=threads, seek_mode="exact", dimension_order="NHWC"
+        mappings = getattr(src, "frame_mappings", None)  # ranged: exact without a scan
+        kw: dict[str, Any] = (
+            {"custom_frame_mappings": mappings} if mappings else {"seek_mode": "exact"}
         )
+        self._dec = VideoDecoder(src, num_ffmpeg_threads=threads, dimension_order="NHWC", **kw)
         self._src = src
 
     def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
@@ -147,15 +152,30 @@ class _PyAVFile:
 
 
 def open_video(
-    source: Source, relative: str, *, backend: VideoBackend, threads: int = 1
+    source: Source,
+    relative: str,
+    *,
+    backend: VideoBackend,
+    threads: int = 1,
+    span: tuple[float, float] | None = None,
 ) -> VideoFile:
-    """Open ``relative`` for decoding; a missing or unreadable file raises VideoDecodeError."""
+    """Open ``relative`` for decoding; a missing or unreadable file raises VideoDecodeError.
+
+    ``span`` (seconds of the file): with a source that fetches byte ranges, only what
+    decoding the frames shown in it needs is fetched (:mod:`framestream.io.spans`); the
+    decoder must then not be asked for frames outside it.
+    """
     where = source.describe(relative)
+    pin: Any = None
     try:
-        # A remote file is read from its cached copy, pinned (never evicted) while open.
-        pin = source.pin(relative)
-        local = pin.path if pin is not None else None
-        src: Any = local if local is not None else source.open(relative)
+        src: Any = _ranged_source(source, relative, span) if span is not None else None
+        if isinstance(src, CachedFile):  # whole in the cache already, or no Range support
+            pin, src = src, src.path
+        elif src is None:
+            # A remote file is read from its cached copy, pinned (never evicted) while open.
+            pin = source.pin(relative)
+            local = pin.path if pin is not None else None
+            src = local if local is not None else source.open(relative)
     except FileNotFoundError as exc:
         raise VideoDecodeError(f"{where}: video file not found") from exc
     if source.is_local and not source.exists(relative):
@@ -178,6 +198,21 @@ def open_video(
     return _PinnedVideo(video, pin) if pin is not None and not source.is_local else video
 
 
+def _ranged_source(source: Source, relative: str, span: tuple[float, float]) -> Any:
+    """A RangedFile of ``span``, a pinned whole cached copy, or None (not ranged here)."""
+    if not source.fetches_ranges:
+        return None
+    whole = source.cached_whole(relative)
+    if whole is not None:
+        return whole
+    try:
+        return source.spans.open_span(relative, span)
+    except RangeNotSupportedError as exc:
+        return source.whole_instead_of_ranges(relative, exc)
+    except Mp4Error:
+        return None  # not an mp4 we can index (fragmented...): the whole file, as before
+
+
 class _PinnedVideo:
     """A decoder over a cached remote file; closing it unpins the file."""
 
@@ -192,6 +227,12 @@ class _PinnedVideo:
             self._video.close()
         finally:
             self._pin.release()
+
+
+def _key(source: Source, relative: str, span: tuple[float, float] | None) -> str:
+    if span is None or not source.fetches_ranges:
+        return relative  # whole files: one decoder per file, shared by its episodes
+    return f"{relative}@{span[0]!r}-{span[1]!r}"
 
 
 class DecoderCache:
@@ -211,27 +252,36 @@ class DecoderCache:
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
 
-    def get(self, relative: str) -> VideoFile:
+    def get(self, relative: str, span: tuple[float, float] | None = None) -> VideoFile:
+        """The open decoder of ``relative`` (of its ``span`` with a ranged source: one per
+        open episode span; see :func:`open_video`)."""
+        key = _key(self.source, relative, span)
         with self._lock:
-            dec = self._open.get(relative)
+            dec = self._open.get(key)
             if dec is not None:
                 self.hits += 1
-                self._open.move_to_end(relative)
+                self._open.move_to_end(key)
                 return dec
             self.misses += 1
-        dec = open_video(self.source, relative, backend=self.backend, threads=self.threads)
+        dec = open_video(
+            self.source,
+            relative,
+            backend=self.backend,
+            threads=self.threads,
+            span=span if key != relative else None,
+        )
         with self._lock:
-            self._open[relative] = dec
+            self._open[key] = dec
             while len(self._open) > self.capacity:
                 _, old = self._open.popitem(last=False)
                 old.close()
                 self.evictions += 1
         return dec
 
-    def discard(self, relative: str) -> None:
+    def discard(self, relative: str, span: tuple[float, float] | None = None) -> None:
         """Close and drop a decoder (after an error, so a broken one is not reused)."""
         with self._lock:
-            dec = self._open.pop(relative, None)
+            dec = self._open.pop(_key(self.source, relative, span), None)
         if dec is not None:
             dec.close()
 
@@ -264,6 +314,7 @@ def decode_episode_frames(
     timestamps: np.ndarray,
     tolerance_s: float,
     fps: float,
+    span: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Decode the frames at episode-relative ``timestamps`` (ascending) of one camera.
 
@@ -276,18 +327,18 @@ def decode_episode_frames(
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
     nudge = min(tolerance_s, 0.5 / fps)
     try:
-        dec = cache.get(relative)
+        dec = cache.get(relative, span)
     except VideoDecodeError as exc:
         raise VideoDecodeError(f"{exc} (camera {camera!r}, episode {episode})") from exc
     try:
         data, pts = dec.frames_at((query + nudge).tolist())
     except VideoDecodeError as exc:
-        cache.discard(relative)
+        cache.discard(relative, span)
         raise VideoDecodeError(
             f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: {exc}"
         ) from exc
     except Exception as exc:
-        cache.discard(relative)
+        cache.discard(relative, span)
         raise VideoDecodeError(
             f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: decoding "
             f"frames at {query[0]:.4f}..{query[-1]:.4f}s failed ({type(exc).__name__}: {exc})"

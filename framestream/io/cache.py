@@ -51,6 +51,15 @@ IO_FIELDS = (
     "byte_cache_misses",
     "byte_cache_evictions",
     "byte_cache_bypass",
+    # fetch="ranges" (framestream.io.spans): bytes of the episode ranges decoded and of the
+    # row groups read (what a worker needs), bytes fetched for mp4 indexes and parquet
+    # footers, and the requests and bytes spent on episode ranges.
+    "bytes_needed",
+    "index_bytes_fetched",
+    "index_requests",
+    "range_requests",
+    "range_bytes_fetched",
+    "range_unsupported",
 )
 
 
@@ -68,6 +77,7 @@ class RemoteInfo:
 
     size: int
     etag: str | None = None
+    version: str | None = None  # S3 VersionId (versioned buckets): reads stay on it
 
 
 class CacheFullError(Exception):

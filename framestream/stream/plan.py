@@ -181,4 +181,3 @@ def make_plan(
         donors = share or ranks[rank] or segs
         share = _pad(share, target - _count(share), donors)
     return Plan(tuple(share))
-

@@ -24,6 +24,7 @@ from framestream.decode.video import DecoderCache, decode_episode_frames
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
 from framestream.stream.plan import Segment
+from framestream.stream.prefetch import camera_span
 from framestream.stream.sample import WindowSpec, build_sample, in_layout
 
 
@@ -108,15 +109,17 @@ class SegmentReader:
         todo = cam.needed[cam.next : stop]
         if len(todo) == 0:  # every needed frame is decoded already
             return
+        from_ts = self.meta.video_from_timestamp(self.ep.episode, key)
         frames = decode_episode_frames(
             self.decoders,
             relative=self.meta.video_file(self.ep.episode, key),
             camera=key,
             episode=self.ep.episode,
-            from_timestamp=self.meta.video_from_timestamp(self.ep.episode, key),
+            from_timestamp=from_ts,
             timestamps=self.ep.timestamps[todo].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
+            span=self._span(cam, from_ts),
         )
         arr = frames.numpy()
         h, w, c = arr.shape[1:]
@@ -133,6 +136,19 @@ class SegmentReader:
         cam.next = stop
         cam.last = int(todo[-1])
         self.counters.decoded_frames += len(todo)
+
+    def _span(self, cam: _CameraFrames, from_ts: float) -> tuple[float, float] | None:
+        """Seconds of the camera's file this reader decodes (remote ``fetch="ranges"``: its
+        decoder fetches only their bytes); the same span prefetch computes."""
+        if not self.meta.source.fetches_ranges or not len(cam.needed):
+            return None
+        return camera_span(
+            from_ts,
+            self.meta.fps,
+            int(cam.needed[0]),
+            int(cam.needed[-1]),
+            self.decoders.backend,
+        )
 
     def _frames(self, key: str, idx: np.ndarray) -> list[np.ndarray] | np.ndarray:
         if self.meta.features[key].dtype == "image":

@@ -72,9 +72,11 @@ def start_schedule(
         return Start(fresh(), custom_segments=False, worker=worker)
     same = [s for s in streams if s.layout == layout]
     if same:
-        return Start(_restore(same[0], plan, config, seed, epoch), custom_segments=(
-            same[0].segments is not None
-        ), worker=worker)
+        return Start(
+            _restore(same[0], plan, config, seed, epoch),
+            custom_segments=(same[0].segments is not None),
+            worker=worker,
+        )
     if state.kind == "stream":
         s = streams[0]
         raise StateDictError(

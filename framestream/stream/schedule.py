@@ -169,8 +169,8 @@ class Schedule:
 
     @property
     def finished(self) -> bool:
-        return not self.active and not len(self.reservoir) and self.next_segment >= len(
-            self.segments
+        return (
+            not self.active and not len(self.reservoir) and self.next_segment >= len(self.segments)
         )
 
     def remaining_segments(self) -> list[Segment]:

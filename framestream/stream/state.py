@@ -136,8 +136,10 @@ class DatasetState:
     @property
     def finished(self) -> bool:
         """Every saved stream had delivered its whole share of the epoch."""
-        return self.kind in ("stream", "merged") and bool(self.streams) and all(
-            s.finished for s in self.streams
+        return (
+            self.kind in ("stream", "merged")
+            and bool(self.streams)
+            and all(s.finished for s in self.streams)
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,419 @@
+"""Episode byte ranges of remote files (``RemoteOptions.fetch="ranges"``).
+
+A rank reads a share of the episodes, and an mp4 or parquet file holds many episodes; fetching
+every file it touches whole makes N ranks fetch up to N copies of the dataset. Here a worker
+fetches only what its episodes need:
+
+* **Video**: a file's :class:`~framestream.io.mp4index.Mp4Index` is read once per file and
+  node (a few requests: :func:`~framestream.io.mp4index.index_file`) together with the bytes
+  FFmpeg reads when it opens the file (the 2 KiB probe and box headers, the ``moov``, the
+  first packet), and stored in the byte cache as one entry keyed by URL + size + ETag
+  (+ S3 VersionId), so every worker and rank of the node shares it and a changed object never
+  meets a stale index. For an episode span (seconds of that file) the packets from the
+  keyframe at or before its first frame through the last packet the decoder needs
+  (:func:`~framestream.io.mp4index.episode_ranges`, coalesced) are fetched, each range a
+  cache entry of its own (so prefetch, the next epoch and the node's other ranks reuse them),
+  and the decoder reads a :class:`~framestream.io.ranged.RangedFile` over memory-mapped cache
+  entries (no copy on the heap). Without a cache the ranges are held in memory.
+* **Parquet**: :class:`RangedParquet` is a file object for pyarrow that fetches what it is
+  asked for (the footer: one request) and, before the table reader reads an episode's row
+  group, that row group's whole byte span in one request.
+
+Files already whole in the cache (``framestream prewarm``, ``fetch="files"``) are read from
+there. A server without Range support (HTTP 200 to a range request) makes the file fall back
+to one whole download into the cache (or a clear error without a cache).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import mmap
+import os
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from framestream.io.cache import CachedFile, CacheFullError, RemoteInfo, cache_key
+from framestream.io.mp4index import Mp4Index, coalesce, episode_ranges, index_file
+from framestream.io.ranged import RangedFile
+from framestream.io.remote import RangeNotSupportedError
+
+if TYPE_CHECKING:
+    from framestream.io.source import Source
+
+__all__ = ["RangedParquet", "SpanReader", "frame_mappings", "frame_span"]
+
+_MAGIC = b"FSIX1\n"
+
+
+def frame_span(from_ts: float, fps: float, first: int, last: int) -> tuple[float, float]:
+    """The seconds of a camera's file in which frames ``first..last`` of an episode are shown.
+
+    Episode frame ``f`` is shown from ``from_ts + f / fps`` for ``1 / fps``. Readers query
+    a little after a frame's start, so exactly these frames (no earlier one) are needed.
+    """
+    return from_ts + first / fps, from_ts + (last + 1) / fps
+
+
+def frame_mappings(index: Mp4Index) -> str:
+    """torchcodec's ``custom_frame_mappings`` JSON for ``index`` (presentation order).
+
+    With it torchcodec seeks exactly (as ``seek_mode="exact"`` on the whole file: the same
+    frames, bit for bit) without scanning every packet of the file, which would read bytes
+    that were not fetched.
+    """
+    order = np.argsort(index.pts, kind="stable")
+    pts = index.pts[order]
+    dur = np.append(np.diff(pts), index.duration[order[-1]]) if len(pts) else pts
+    key = index.is_sync[order]
+    frames = [
+        {"pts": int(p), "duration": int(d), "key_frame": int(k)}
+        for p, d, k in zip(pts.tolist(), dur.tolist(), key.tolist(), strict=True)
+    ]
+    return json.dumps({"frames": frames})
+
+
+def subtract(ranges: Iterable[tuple[int, int]], have: Sequence[tuple[int, int]]):
+    """``ranges`` minus the byte ranges in ``have`` (both lists of ``[start, stop)``)."""
+    out: list[tuple[int, int]] = []
+    for a, b in ranges:
+        pieces = [(a, b)]
+        for c, d in have:
+            nxt = []
+            for x, y in pieces:
+                if d <= x or c >= y:
+                    nxt.append((x, y))
+                    continue
+                if x < c:
+                    nxt.append((x, c))
+                if d < y:
+                    nxt.append((d, y))
+            pieces = nxt
+        out.extend(pieces)
+    return out
+
+
+class FileIndex:
+    """An mp4's index plus the bytes every decoder of it reads on open, as one cache entry."""
+
+    def __init__(self, index: Mp4Index, opening: dict[int, bytes]) -> None:
+        self.index, self.opening = index, opening
+        self._mappings: str | None = None
+
+    @property
+    def mappings(self) -> str:
+        if self._mappings is None:
+            self._mappings = frame_mappings(self.index)
+        return self._mappings
+
+    def to_bytes(self) -> bytes:
+        idx = self.index.to_bytes()
+        head = struct.pack(">QI", len(idx), len(self.opening))
+        table = b"".join(struct.pack(">QQ", o, len(d)) for o, d in sorted(self.opening.items()))
+        return _MAGIC + head + idx + table + b"".join(d for _, d in sorted(self.opening.items()))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FileIndex:
+        if not data.startswith(_MAGIC):
+            raise ValueError("not a framestream file index")
+        pos = len(_MAGIC)
+        n_idx, n = struct.unpack_from(">QI", data, pos)
+        pos += 12
+        index = Mp4Index.from_bytes(data[pos : pos + n_idx])
+        pos += n_idx
+        table = [struct.unpack_from(">QQ", data, pos + 16 * i) for i in range(n)]
+        pos += 16 * n
+        opening = {}
+        for off, length in table:
+            opening[off] = data[pos : pos + length]
+            pos += length
+        return cls(index, opening)
+
+
+def _covered(windows: dict[int, bytes], a: int, b: int) -> bytes | None:
+    for off, data in windows.items():
+        if off <= a and b <= off + len(data):
+            return data[a - off : b - off]
+    return None
+
+
+class SpanReader:
+    """Episode byte ranges of one :class:`~framestream.io.source.Source` (one per process)."""
+
+    MEMO = 64  # file indexes kept per process
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._memo: OrderedDict[str, FileIndex] = OrderedDict()
+
+    # ------------------------------------------------------------ cache entries
+    def _key(self, relative: str, pin: RemoteInfo, what: str) -> str:
+        ident = self.source._identity(relative)
+        return cache_key(f"{ident}|{pin.size}|{pin.etag}|{pin.version}|{what}")
+
+    def _entry(
+        self, key: str, suffix: str, build: Callable[[], bytes], describe: str
+    ) -> tuple[Any, CachedFile | None]:
+        """``(buffer, pin)``: a cache entry's bytes (memory-mapped; ``pin`` keeps it from
+        eviction until released), built by ``build`` under the entry's lock when missing, so
+        that two workers never fetch the same range. Without room or cache: ``(bytes, None)``.
+        """
+        cache = self.source.cache
+        if cache is None:
+            return build(), None
+        made: dict[str, bytes] = {}
+
+        def info(required: bool) -> RemoteInfo | None:
+            if not required:
+                return None  # content-addressed by size/ETag: a whole entry is always current
+            made["data"] = build()
+            return RemoteInfo(len(made["data"]))
+
+        def fetch(tmp: str, _info: RemoteInfo) -> None:
+            with open(tmp, "r+b") as f:
+                f.write(made["data"])
+
+        try:
+            pin = cache.acquire(key, suffix, remote_info=info, fetch=fetch, describe=describe)
+        except CacheFullError:
+            self.source.counters.add("byte_cache_bypass")
+            return (made["data"] if "data" in made else build()), None
+        if pin.size == 0:
+            return b"", pin
+        with open(pin.path, "rb") as f:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return buf, pin
+
+    def _bytes(self, key: str, suffix: str, build: Callable[[], bytes], describe: str) -> bytes:
+        buf, pin = self._entry(key, suffix, build, describe)
+        try:
+            return bytes(buf)
+        finally:
+            if isinstance(buf, mmap.mmap):
+                buf.close()
+            if pin is not None:
+                pin.release()
+
+    # ------------------------------------------------------------ mp4
+    def file_index(self, relative: str) -> FileIndex:
+        """The index of ``relative`` (the version this run reads): memo, byte cache, remote."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._memo = os.getpid(), OrderedDict()
+            hit = self._memo.get(relative)
+            if hit is not None:
+                self._memo.move_to_end(relative)
+                return hit
+        src = self.source
+        pin = src._remote_info(relative)
+        assert pin is not None
+        data = self._bytes(
+            self._key(relative, pin, "mp4index"),
+            ".mp4idx",
+            lambda: self._build_index(relative, pin).to_bytes(),
+            src.describe(relative),
+        )
+        fi = FileIndex.from_bytes(data)
+        with self._lock:
+            self._memo[relative] = fi
+            while len(self._memo) > self.MEMO:
+                self._memo.popitem(last=False)
+        return fi
+
+    def _build_index(self, relative: str, pin: RemoteInfo) -> FileIndex:
+        windows: dict[int, bytes] = {}
+
+        def read_at(off: int, n: int) -> bytes:
+            n = max(0, min(n, pin.size - off))
+            data = self.source._read_range(relative, off, off + n, kind="index")
+            windows[off] = data
+            return data
+
+        index = index_file(read_at, pin.size, etag=pin.etag)
+        opening = {}
+        for a, b in index.open_ranges:
+            got = _covered(windows, a, b)
+            opening[a] = got if got is not None else read_at(a, b - a)
+        return FileIndex(index, opening)
+
+    def needed(self, relative: str, span: tuple[float, float]) -> list[tuple[int, int]]:
+        """The byte ranges an episode span needs beyond what opening the file reads."""
+        fi = self.file_index(relative)
+        ranges = episode_ranges(fi.index, *span, gap=self.source.remote.range_gap)
+        return subtract(ranges, fi.index.open_ranges)
+
+    def open_span(self, relative: str, span: tuple[float, float]) -> RangedFile:
+        """A file object holding what decoding ``span`` (seconds of the file) needs.
+
+        Its ``frame_mappings`` attribute is the file's frame table for torchcodec; closing
+        it releases the cache entries it maps.
+        """
+        fi = self.file_index(relative)
+        ranges = episode_ranges(fi.index, *span, gap=self.source.remote.range_gap)
+        self.source.counters.add("bytes_needed", sum(b - a for a, b in ranges))
+        parts: dict[int, Any] = dict(fi.opening)
+        pins: list[tuple[Any, CachedFile | None]] = []
+        try:
+            for a, b in subtract(ranges, fi.index.open_ranges):
+                buf, pin = self._range(relative, a, b)
+                pins.append((buf, pin))
+                parts[a] = buf
+            f = RangedFile(fi.index.file_size, parts, name=self.source.describe(relative))
+        except BaseException:
+            _release(pins)
+            raise
+        f.frame_mappings = fi.mappings  # type: ignore[attr-defined]
+        f.on_close = lambda: _release(pins)  # type: ignore[attr-defined]
+        return f
+
+    def prefetch_span(self, relative: str, span: tuple[float, float]) -> None:
+        """Bring the index and the ranges of ``span`` into the byte cache."""
+        for a, b in self.needed(relative, span):
+            _release([self._range(relative, a, b)])
+
+    def _range(self, relative: str, a: int, b: int) -> tuple[Any, CachedFile | None]:
+        src = self.source
+        pin = src._remote_info(relative)
+        assert pin is not None
+        return self._entry(
+            self._key(relative, pin, f"{a}-{b}"),
+            ".range",
+            lambda: src._read_range(relative, a, b, kind="range"),
+            src.describe(relative),
+        )
+
+    # ------------------------------------------------------------ parquet
+    def open_parquet(self, relative: str) -> RangedParquet:
+        pin = self.source._remote_info(relative)
+        assert pin is not None
+        f = RangedParquet(self, relative, pin.size)
+        f.read_footer()
+        return f
+
+
+def _release(pins: Iterable[tuple[Any, CachedFile | None]]) -> None:
+    for buf, pin in pins:
+        if isinstance(buf, mmap.mmap):
+            try:
+                buf.close()
+            except BufferError:  # a view still exported: the mapping goes with it
+                pass
+        if pin is not None:
+            pin.release()
+
+
+class RangedParquet(io.RawIOBase):
+    """A remote parquet file for pyarrow that holds only the byte ranges it was asked for.
+
+    A read outside what is held fetches exactly that (pyarrow's footer read: one request);
+    :meth:`prefetch_row_groups` fetches whole row groups in one request each before pyarrow
+    asks for their column chunks one by one.
+    """
+
+    def __init__(self, reader: SpanReader, relative: str, size: int) -> None:
+        super().__init__()
+        self._reader, self._rel, self._size, self._pos = reader, relative, size, 0
+        self.name = reader.source.describe(relative)
+        self._held: dict[int, bytes] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _fetch(self, a: int, b: int, kind: str) -> bytes:
+        try:
+            return self._fetch_range(a, b, kind)
+        except RangeNotSupportedError as exc:
+            pin = self._reader.source.whole_instead_of_ranges(self._rel, exc)
+            try:
+                data = Path(pin.path).read_bytes()
+            finally:
+                pin.release()
+            self._held = {0: data}
+            return data[a:b]
+
+    def _fetch_range(self, a: int, b: int, kind: str) -> bytes:
+        reader, src = self._reader, self._reader.source
+        pin = src._remote_info(self._rel)
+        assert pin is not None
+        data = reader._bytes(
+            reader._key(self._rel, pin, f"{a}-{b}"),
+            ".range",
+            lambda: src._read_range(self._rel, a, b, kind=kind),
+            self.name,
+        )
+        self._held[a] = data
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        view = memoryview(buffer)
+        done = 0
+        while done < n:
+            a, b = self._pos + done, self._pos + n
+            data = None
+            for off, held in self._held.items():
+                if off <= a < off + len(held):
+                    data = held[a - off : min(b, off + len(held)) - off]
+                    break
+            if data is None:
+                nxt = min((o for o in self._held if a < o < b), default=b)
+                data = self._fetch(a, nxt, "index")
+            view[done : done + len(data)] = data
+            done += len(data)
+        self._pos += n
+        return n
+
+    def read_footer(self) -> None:
+        """Fetch the last 64 KiB (what pyarrow reads first) now: network errors surface here,
+        as :class:`SourceError`, not inside pyarrow as an unreadable file."""
+        if self._size:
+            self._fetch(max(0, self._size - 64 * 1024), self._size, "index")
+
+    def prefetch_row_groups(
+        self, metadata: Any, groups: Sequence[int] | None, *, count: bool = True
+    ) -> None:
+        """Fetch row groups ``groups`` (None: the whole file) in one request each."""
+        if groups is None:
+            ranges = [(0, self._size)]
+        else:
+            ranges = [row_group_span(metadata, g) for g in groups]
+        have = [(o, o + len(d)) for o, d in self._held.items()]
+        if count:
+            self._reader.source.counters.add("bytes_needed", sum(b - a for a, b in ranges))
+        for a, b in coalesce(subtract(ranges, have), self._reader.source.remote.range_gap):
+            self._fetch(a, b, "range")
+
+
+def row_group_span(metadata: Any, group: int) -> tuple[int, int]:
+    """``[start, stop)`` bytes of every column chunk of a parquet row group."""
+    rg = metadata.row_group(group)
+    lo, hi = None, 0
+    for i in range(rg.num_columns):
+        col = rg.column(i)
+        start = col.data_page_offset
+        if col.has_dictionary_page and col.dictionary_page_offset is not None:
+            start = min(start, col.dictionary_page_offset)
+        lo = start if lo is None else min(lo, start)
+        hi = max(hi, start + col.total_compressed_size)
+    return int(lo or 0), int(hi)
