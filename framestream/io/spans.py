@@ -107,6 +107,11 @@ class FileIndex:
         self._mappings: str | None = None
 
     @property
+    def held(self) -> list[tuple[int, int]]:
+        """The byte ranges held (what opening the file reads, and a little more)."""
+        return sorted((o, o + len(d)) for o, d in self.opening.items())
+
+    @property
     def mappings(self) -> str:
         if self._mappings is None:
             self._mappings = frame_mappings(self.index)
@@ -238,8 +243,11 @@ class SpanReader:
             return data
 
         index = index_file(read_at, pin.size, etag=pin.etag)
-        opening = {}
-        for a, b in index.open_ranges:
+        # The first window (64 KiB) is kept whole: FFmpeg reads its 64 KiB buffer full
+        # right after the 2 KiB probe, and the bytes are here already.
+        opening = {0: windows[0]} if 0 in windows else {}
+        have = [(0, len(windows.get(0, b"")))]
+        for a, b in subtract(index.open_ranges, have):
             got = _covered(windows, a, b)
             opening[a] = got if got is not None else read_at(a, b - a)
         return FileIndex(index, opening)
@@ -248,7 +256,7 @@ class SpanReader:
         """The byte ranges an episode span needs beyond what opening the file reads."""
         fi = self.file_index(relative)
         ranges = episode_ranges(fi.index, *span, gap=self.source.remote.range_gap)
-        return subtract(ranges, fi.index.open_ranges)
+        return subtract(ranges, fi.held)
 
     def open_span(self, relative: str, span: tuple[float, float]) -> RangedFile:
         """A file object holding what decoding ``span`` (seconds of the file) needs.
@@ -262,7 +270,7 @@ class SpanReader:
         parts: dict[int, Any] = dict(fi.opening)
         pins: list[tuple[Any, CachedFile | None]] = []
         try:
-            for a, b in subtract(ranges, fi.index.open_ranges):
+            for a, b in subtract(ranges, fi.held):
                 buf, pin = self._range(relative, a, b)
                 pins.append((buf, pin))
                 parts[a] = buf
