@@ -40,7 +40,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from framestream.io.cache import CachedFile, CacheFullError, RemoteInfo, cache_key
-from framestream.io.mp4index import Mp4Index, coalesce, episode_ranges, index_file
+from framestream.io.mp4index import (
+    PROBE_MIN,
+    Mp4Index,
+    coalesce,
+    episode_ranges,
+    index_file,
+)
 from framestream.io.ranged import RangedFile
 from framestream.io.remote import RangeNotSupportedError
 
@@ -243,11 +249,16 @@ class SpanReader:
             return data
 
         index = index_file(read_at, pin.size, etag=pin.etag)
-        # The first window (64 KiB) is kept whole: FFmpeg reads its 64 KiB buffer full
-        # right after the 2 KiB probe, and the bytes are here already.
-        opening = {0: windows[0]} if 0 in windows else {}
-        have = [(0, len(windows.get(0, b"")))]
-        for a, b in subtract(index.open_ranges, have):
+        # The head ends a byte past the 2 KiB probe at least: FFmpeg reads the probe, then
+        # fills its 64 KiB buffer from there, and a short answer to that (the range's end)
+        # is read-ahead that RangedFile ends without an error; an answer that ends exactly
+        # where the next read starts would make that read an error.
+        head = next((b for a, b in index.open_ranges if a == 0), 0)
+        head = min(pin.size, max(head, PROBE_MIN + 1))
+        # Ranges closer than FFmpeg's read-through reach are joined (it would read the gap).
+        wanted = coalesce([(0, head), *index.open_ranges], SHORT_SEEK_FILL)
+        opening: dict[int, bytes] = {}
+        for a, b in wanted:
             got = _covered(windows, a, b)
             opening[a] = got if got is not None else read_at(a, b - a)
         return FileIndex(index, opening)
@@ -255,8 +266,7 @@ class SpanReader:
     def needed(self, relative: str, span: tuple[float, float]) -> list[tuple[int, int]]:
         """The byte ranges an episode span needs beyond what opening the file reads."""
         fi = self.file_index(relative)
-        ranges = episode_ranges(fi.index, *span, gap=self.source.remote.range_gap)
-        return subtract(ranges, fi.held)
+        return _to_fetch(fi, episode_ranges(fi.index, *span, gap=self.source.remote.range_gap))
 
     def open_span(self, relative: str, span: tuple[float, float]) -> RangedFile:
         """A file object holding what decoding ``span`` (seconds of the file) needs.
@@ -270,7 +280,7 @@ class SpanReader:
         parts: dict[int, Any] = dict(fi.opening)
         pins: list[tuple[Any, CachedFile | None]] = []
         try:
-            for a, b in subtract(ranges, fi.held):
+            for a, b in _to_fetch(fi, ranges):
                 buf, pin = self._range(relative, a, b)
                 pins.append((buf, pin))
                 parts[a] = buf
@@ -305,6 +315,24 @@ class SpanReader:
         f = RangedParquet(self, relative, pin.size)
         f.read_footer()
         return f
+
+
+SHORT_SEEK_FILL = 40 * 1024
+"""A span starting less than this after a range read at open is fetched from that range on.
+
+FFmpeg seeks forward by reading through when the target is within its buffer plus 32 KiB
+(``SHORT_SEEK_THRESHOLD``); after opening a file its buffer ends where an opening range
+ends, so a span that starts within that reach is read through from there (bytes that must
+be real, not invented)."""
+
+
+def _to_fetch(fi: FileIndex, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    held = fi.held
+    filled = []
+    for a, b in ranges:
+        ends = [e for _, e in held if e <= a < e + SHORT_SEEK_FILL]
+        filled.append((min(ends), b) if ends else (a, b))
+    return subtract(coalesce(filled, 1), held)
 
 
 def _release(pins: Iterable[tuple[Any, CachedFile | None]]) -> None:
