@@ -82,7 +82,9 @@ def io_of(res: dict[str, Any]) -> dict[str, int]:
 
 
 def check_world(root: Path, results: list[dict[str, Any]], world: int) -> dict[str, float]:
-    files = {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    files = {
+        p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()
+    }
     body = sum(n for rel, n in files.items() if rel.startswith(("data/", "videos/")))
     meta_bytes = sum(n for rel, n in files.items() if rel.startswith("meta/"))
     all_eps = sorted(e for r in results for e in r["episodes"])
@@ -109,7 +111,10 @@ def check_world(root: Path, results: list[dict[str, Any]], world: int) -> dict[s
     return {"range": total_range, "index": index, "body": body}
 
 
-@pytest.mark.parametrize("world", [1, 2, 4, 8])
+@pytest.mark.parametrize(
+    "world",
+    [1, 2, pytest.param(4, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)],
+)
 def test_http_ranks_fetch_their_share(root, tmp_path, world):
     with serve("http", root) as srv:
         results = run_ranks(srv, world, tmp_path)

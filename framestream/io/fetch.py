@@ -247,7 +247,8 @@ class RemoteReads:
             async with session.get(fs.encode_url(url), headers=headers, allow_redirects=True) as r:
                 if r.status == 404:
                     raise FileNotFoundError(url)
-                etag = _etag_of(dict(r.headers))
+                raw_etag = r.headers.get("ETag")  # case-insensitive lookup
+                etag = _etag_of({"etag": raw_etag}) if raw_etag else None
                 if r.status == 200:
                     length = int(r.headers.get("Content-Length", -1))
                     if start == 0 and end == size and length in (size, -1):
