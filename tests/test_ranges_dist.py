@@ -16,12 +16,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from ranges_helpers import rank_process, ranges_dataset, stream_rank
+from ranges_helpers import ranges_dataset, rank_process, stream_rank
 
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import TableReader
 from framestream.io.mp4index import episode_ranges, index_file
-from framestream.io.spans import row_group_span
+from framestream.io.spans import SHORT_SEEK_FILL, row_group_span
 from framestream.testing.servers import serve
 
 pytestmark = pytest.mark.timeout(600)
@@ -81,7 +81,9 @@ def io_of(res: dict[str, Any]) -> dict[str, int]:
     return {k: main[k] + (st[k] if workers else 0) for k in main}
 
 
-def check_world(root: Path, results: list[dict[str, Any]], world: int) -> dict[str, float]:
+def check_world(
+    root: Path, results: list[dict[str, Any]], world: int, workers: dict[int, int] | None = None
+) -> dict[str, float]:
     files = {
         p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()
     }
@@ -93,12 +95,18 @@ def check_world(root: Path, results: list[dict[str, Any]], world: int) -> dict[s
     cams = 2
     for res in results:
         # every sample equals the local run of the same rank (order, frame ids, pixels)
-        want = stream_rank(str(root), {}, res["rank"], world, None)["rows"]
+        nw = (workers or {}).get(res["rank"], 0)
+        want = stream_rank(str(root), {}, res["rank"], world, None, nw)["rows"]
         assert res["rows"] == want
         io = io_of(res)
         need = needed_bytes(root, res["episodes"])
         assert abs(io["bytes_needed"] - need) <= 0.01 * need, (io["bytes_needed"], need)
-        assert io["range_bytes_fetched"] <= 1.1 * need, (res["rank"], io, need)
+        # FFmpeg reads through gaps shorter than its short-seek reach after the bytes it reads
+        # when opening a file (SHORT_SEEK_FILL): an episode starting within 40 KiB of those
+        # is fetched from there, at most once per file the rank reads
+        n_vid = len({r for r in files if r.startswith("videos/")})
+        slack = SHORT_SEEK_FILL * n_vid
+        assert io["range_bytes_fetched"] <= 1.1 * need + slack, (res["rank"], io, need)
         whole = io["bytes_fetched"] - io["range_bytes_fetched"] - io["index_bytes_fetched"]
         assert whole <= meta_bytes  # no data or video file fetched whole
         n = len(res["episodes"])
@@ -125,4 +133,4 @@ def test_http_ranks_fetch_their_share(root, tmp_path, world):
 def test_s3_ranks_with_workers(root, tmp_path):
     with serve("s3", root) as srv:
         results = run_ranks(srv, 2, tmp_path, workers={0: 2})
-        check_world(root, results, 2)
+        check_world(root, results, 2, {0: 2})

@@ -49,6 +49,7 @@ class RemoteReads:
     _infos: dict[str, RemoteInfo | None]
     _pins: dict[str, RemoteInfo]
     run_id: str
+    no_ranges: bool
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -255,6 +256,7 @@ class RemoteReads:
                         return await r.read(), RemoteInfo(size if length < 0 else length, etag)
                     r.close()  # do not download the whole object for a range of it
                     self.counters.add("range_unsupported")
+                    self.no_ranges = True  # the source's other readers stop asking
                     raise RangeNotSupportedError(
                         f"{where}: the server does not support range requests (it answered "
                         f"the range {start}-{end - 1} with the whole object, HTTP 200)"

@@ -164,6 +164,7 @@ class SpanReader:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._memo: OrderedDict[str, FileIndex] = OrderedDict()
+        self._counted: set[tuple[str, tuple[float, float]]] = set()
 
     # ------------------------------------------------------------ cache entries
     def _key(self, relative: str, pin: RemoteInfo, what: str) -> str:
@@ -218,7 +219,7 @@ class SpanReader:
         """The index of ``relative`` (the version this run reads): memo, byte cache, remote."""
         with self._lock:
             if self._pid != os.getpid():
-                self._pid, self._memo = os.getpid(), OrderedDict()
+                self._pid, self._memo, self._counted = os.getpid(), OrderedDict(), set()
             hit = self._memo.get(relative)
             if hit is not None:
                 self._memo.move_to_end(relative)
@@ -276,7 +277,11 @@ class SpanReader:
         """
         fi = self.file_index(relative)
         ranges = episode_ranges(fi.index, *span, gap=self.source.remote.range_gap)
-        self.source.counters.add("bytes_needed", sum(b - a for a, b in ranges))
+        with self._lock:  # once per span and process (a decoder may be opened again)
+            first = (relative, span) not in self._counted
+            self._counted.add((relative, span))
+        if first:
+            self.source.counters.add("bytes_needed", sum(b - a for a, b in ranges))
         parts: dict[int, Any] = dict(fi.opening)
         pins: list[tuple[Any, CachedFile | None]] = []
         try:
