@@ -21,7 +21,8 @@ from ranges_helpers import ranges_dataset, rank_process, stream_rank
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import TableReader
 from framestream.io.mp4index import episode_ranges, index_file
-from framestream.io.spans import SHORT_SEEK_FILL, row_group_span
+from framestream.io.parquet_ranges import row_group_span
+from framestream.io.spans import SHORT_SEEK_FILL
 from framestream.testing.servers import serve
 
 pytestmark = pytest.mark.timeout(600)

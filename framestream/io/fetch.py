@@ -203,13 +203,13 @@ class RemoteReads:
                 data, seen = self._s3_range(path, start, end, pin)
             else:
                 data, seen = self.fs.cat_file(path, start=start, end=end), None
-            if seen is not None:
-                self._check_version(relative, pin, seen)
             if len(data) != end - start:
                 raise _ShortReadError(
                     f"bytes {start}-{end - 1}: got {len(data)} of {end - start} bytes "
                     "(truncated object or transfer)"
                 )
+            if seen is not None:
+                self._check_version(relative, pin, seen)
             return data
 
         data = self._retrying(f"read of bytes {start}-{end - 1}", relative, get)
