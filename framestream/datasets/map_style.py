@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from framestream.decode.video import DecoderCache, decode_episode_frames, resolve_backend
+from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.selection import select_episodes
 from framestream.format.tables import EpisodeData, TableReader, image_frames
@@ -98,7 +99,7 @@ class MapDataset(torch.utils.data.Dataset):
         ep = self._episode_cache.get(episode)
         if ep is None:
             if self._tables is None:
-                self._tables = TableReader(self.meta)
+                self._tables = TableReader(self.meta, tolerance_s=self.tolerance_s)
             ep = self._tables.read(episode)
             self._episode_cache[episode] = ep
         return ep
@@ -122,6 +123,7 @@ class MapDataset(torch.utils.data.Dataset):
             timestamps=ep.timestamps[uniq].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
+            frame_shape=declared_frame_shape(self.meta.features[key]),
         )
         arr = frames.numpy()
         return [in_layout(arr[i], channels_last=self.channels_last) for i in inverse.reshape(-1)]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from framestream._errors import TimestampToleranceError, VideoDecodeError
+from framestream.format import checks
 from framestream.io.cache import CachedFile
 from framestream.io.mp4index import Mp4Error
 from framestream.io.remote import RangeNotSupportedError
@@ -315,6 +316,7 @@ def decode_episode_frames(
     tolerance_s: float,
     fps: float,
     span: tuple[float, float] | None = None,
+    frame_shape: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Decode the frames at episode-relative ``timestamps`` (ascending) of one camera.
 
@@ -323,6 +325,8 @@ def decode_episode_frames(
     raises instead of being silently substituted. The decoder is asked for the frame shown
     slightly after the query (by ``min(tolerance_s, 0.5 / fps)``) so that float32 rounding of
     stored timestamps, a hair before a frame's start, still selects that frame.
+    ``frame_shape`` (the declared height, width, channels) refuses frames of another size:
+    delivered, they would mix sizes in a batch (or crash its collation far from the cause).
     """
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
     nudge = min(tolerance_s, 0.5 / fps)
@@ -352,5 +356,10 @@ def decode_episode_frames(
             f"query at {query[i]:.6f}s (episode timestamp {float(timestamps[i]):.6f}s) decoded "
             f"a frame at {pts[i]:.6f}s, {diff[i]:.6f}s away (tolerance_s={tolerance_s}); "
             "the video and the episode index disagree"
+        )
+    wrong = checks.frame_size(tuple(data.shape[1:]), frame_shape)
+    if wrong is not None:
+        raise VideoDecodeError(
+            f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: {wrong}"
         )
     return data
