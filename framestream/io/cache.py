@@ -56,9 +56,7 @@ IO_FIELDS = (
     "byte_cache_misses",
     "byte_cache_evictions",
     "byte_cache_bypass",
-    # fetch="ranges" (framestream.io.spans): bytes of the episode ranges decoded and of the
-    # row groups read (what a worker needs), bytes fetched for mp4 indexes and parquet
-    # footers, and the requests and bytes spent on episode ranges.
+    # fetch="ranges" (io/spans.py): needed vs fetched bytes, index and range requests
     "bytes_needed",
     "index_bytes_fetched",
     "index_requests",
