@@ -20,6 +20,9 @@ import torch
 from framestream._errors import TimestampToleranceError, VideoDecodeError
 from framestream.decode.memory import prepare_decoding_process
 from framestream.format import checks
+from framestream.io.cache import CachedFile
+from framestream.io.mp4index import Mp4Error
+from framestream.io.remote import RangeNotSupportedError
 from framestream.io.source import Source
 
 VideoBackend = Literal["torchcodec", "pyav"]
@@ -68,9 +71,11 @@ class _TorchcodecFile:
     def __init__(self, src: Any, threads: int) -> None:
         from torchcodec.decoders import VideoDecoder
 
-        self._dec = VideoDecoder(
-            src, num_ffmpeg_threads=threads, seek_mode="exact", dimension_order="NHWC"
+        mappings = getattr(src, "frame_mappings", None)  # ranged: exact without a scan
+        kw: dict[str, Any] = (
+            {"custom_frame_mappings": mappings} if mappings else {"seek_mode": "exact"}
         )
+        self._dec = VideoDecoder(src, num_ffmpeg_threads=threads, dimension_order="NHWC", **kw)
         self._src = src
 
     def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
@@ -156,19 +161,28 @@ def open_video(
     backend: VideoBackend,
     threads: int = 1,
     pixel_format: PixelFormat = "rgb",
+    span: tuple[float, float] | None = None,
 ) -> VideoFile:
     """Open ``relative`` for decoding; a missing or unreadable file raises VideoDecodeError.
 
     ``pixel_format="yuv420"`` decodes with PyAV whatever ``backend`` says (torchcodec has no
-    YUV output) and returns I420 frames (:mod:`framestream.decode.yuv`).
+    YUV output) and returns I420 frames (:mod:`framestream.decode.yuv`). ``span`` (seconds of
+    the file): with a source that fetches byte ranges, only what decoding the frames shown in
+    it needs is fetched (:mod:`framestream.io.spans`); the decoder must then not be asked for
+    frames outside it.
     """
     where = source.describe(relative)
     prepare_decoding_process()  # malloc settings, once per DataLoader worker
+    pin: Any = None
     try:
-        # A remote file is read from its cached copy, pinned (never evicted) while open.
-        pin = source.pin(relative)
-        local = pin.path if pin is not None else None
-        src: Any = local if local is not None else source.open(relative)
+        src: Any = _ranged_source(source, relative, span) if span is not None else None
+        if isinstance(src, CachedFile):  # whole in the cache already, or no Range support
+            pin, src = src, src.path
+        elif src is None:
+            # A remote file is read from its cached copy, pinned (never evicted) while open.
+            pin = source.pin(relative)
+            local = pin.path if pin is not None else None
+            src = local if local is not None else source.open(relative)
     except FileNotFoundError as exc:
         raise VideoDecodeError(f"{where}: video file not found") from exc
     if source.is_local and not source.exists(relative):
@@ -195,6 +209,21 @@ def open_video(
     return _PinnedVideo(video, pin) if pin is not None and not source.is_local else video
 
 
+def _ranged_source(source: Source, relative: str, span: tuple[float, float]) -> Any:
+    """A RangedFile of ``span``, a pinned whole cached copy, or None (not ranged here)."""
+    if not source.fetches_ranges:
+        return None
+    whole = source.cached_whole(relative)
+    if whole is not None:
+        return whole
+    try:
+        return source.spans.open_span(relative, span)
+    except RangeNotSupportedError as exc:
+        return source.whole_instead_of_ranges(relative, exc)
+    except Mp4Error:
+        return None  # not an mp4 we can index (fragmented...): the whole file, as before
+
+
 class _PinnedVideo:
     """A decoder over a cached remote file; closing it unpins the file."""
 
@@ -215,6 +244,20 @@ class _PinnedVideo:
             self._pin.release()
 
 
+def _key(
+    source: Source,
+    relative: str,
+    span: tuple[float, float] | None,
+    pixel_format: str = "rgb",
+) -> str:
+    """One decoder per file (whole files, shared by its episodes) or per open episode span
+    (byte ranges), and per pixel format."""
+    base = relative
+    if span is not None and source.fetches_ranges:
+        base = f"{relative}@{span[0]!r}-{span[1]!r}"
+    return base if pixel_format == "rgb" else f"{base}|{pixel_format}"
+
+
 class DecoderCache:
     """LRU of open decoders keyed by video file, with hit/miss/eviction counters.
 
@@ -232,8 +275,15 @@ class DecoderCache:
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
 
-    def get(self, relative: str, pixel_format: PixelFormat = "rgb") -> VideoFile:
-        key = _cache_key(relative, pixel_format)
+    def get(
+        self,
+        relative: str,
+        pixel_format: PixelFormat = "rgb",
+        span: tuple[float, float] | None = None,
+    ) -> VideoFile:
+        """The open decoder of ``relative`` (of its ``span`` with a ranged source: one per
+        open episode span; see :func:`open_video`)."""
+        key = _key(self.source, relative, span, pixel_format)
         with self._lock:
             dec = self._open.get(key)
             if dec is not None:
@@ -247,6 +297,7 @@ class DecoderCache:
             backend=self.backend,
             threads=self.threads,
             pixel_format=pixel_format,
+            span=span if _key(self.source, relative, span) != relative else None,
         )
         with self._lock:
             self._open[key] = dec
@@ -256,16 +307,26 @@ class DecoderCache:
                 self.evictions += 1
         return dec
 
-    def colorspace(self, relative: str, pixel_format: PixelFormat = "yuv420") -> int | None:
+    def colorspace(
+        self,
+        relative: str,
+        pixel_format: PixelFormat = "yuv420",
+        span: tuple[float, float] | None = None,
+    ) -> int | None:
         """The ``AVColorSpace`` an open YUV decoder of ``relative`` found (None: not known)."""
         with self._lock:
-            dec = self._open.get(_cache_key(relative, pixel_format))
+            dec = self._open.get(_key(self.source, relative, span, pixel_format))
         return getattr(dec, "colorspace", None)
 
-    def discard(self, relative: str, pixel_format: PixelFormat = "rgb") -> None:
+    def discard(
+        self,
+        relative: str,
+        pixel_format: PixelFormat = "rgb",
+        span: tuple[float, float] | None = None,
+    ) -> None:
         """Close and drop a decoder (after an error, so a broken one is not reused)."""
         with self._lock:
-            dec = self._open.pop(_cache_key(relative, pixel_format), None)
+            dec = self._open.pop(_key(self.source, relative, span, pixel_format), None)
         if dec is not None:
             dec.close()
 
@@ -288,10 +349,6 @@ class DecoderCache:
         }
 
 
-def _cache_key(relative: str, pixel_format: str) -> str:
-    return relative if pixel_format == "rgb" else f"{relative}|{pixel_format}"
-
-
 def decode_episode_frames(
     cache: DecoderCache,
     *,
@@ -303,6 +360,7 @@ def decode_episode_frames(
     tolerance_s: float,
     fps: float,
     pixel_format: PixelFormat = "rgb",
+    span: tuple[float, float] | None = None,
     frame_shape: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Decode the frames at episode-relative ``timestamps`` (ascending) of one camera.
@@ -319,18 +377,18 @@ def decode_episode_frames(
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
     nudge = min(tolerance_s, 0.5 / fps)
     try:
-        dec = cache.get(relative, pixel_format)
+        dec = cache.get(relative, pixel_format, span)
     except VideoDecodeError as exc:
         raise VideoDecodeError(f"{exc} (camera {camera!r}, episode {episode})") from exc
     try:
         data, pts = dec.frames_at((query + nudge).tolist())
     except VideoDecodeError as exc:
-        cache.discard(relative, pixel_format)
+        cache.discard(relative, pixel_format, span)
         raise VideoDecodeError(
             f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: {exc}"
         ) from exc
     except Exception as exc:
-        cache.discard(relative, pixel_format)
+        cache.discard(relative, pixel_format, span)
         raise VideoDecodeError(
             f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: decoding "
             f"frames at {query[0]:.4f}..{query[-1]:.4f}s failed ({type(exc).__name__}: {exc})"

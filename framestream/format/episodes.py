@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from framestream._errors import DatasetFormatError, EpisodeNotFoundError
+from framestream._errors import DatasetFormatError, EpisodeNotFoundError, SourceError
 from framestream.io.source import Source
 
 EPISODES_DIR = "meta/episodes"
@@ -105,8 +105,8 @@ def load_episode_index(source: Source, video_keys: list[str]) -> EpisodeIndex:
         except DatasetFormatError:
             raise
         except (pa.ArrowException, OSError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
+            if isinstance(exc, (FileNotFoundError, SourceError)):
+                raise  # a network failure is not a broken dataset
             raise DatasetFormatError(f"{where}: unreadable episodes parquet ({exc})") from exc
     table = pa.concat_tables(tables, promote_options="default")
     order = np.argsort(table.column("episode_index").to_numpy(), kind="stable")

@@ -115,6 +115,9 @@ class TableReader:
         )
         if problem:
             raise problem.error(where, episode)
+        prefetch = getattr(self._files[rel][0], "prefetch_row_groups", None)
+        if prefetch is not None:  # a remote file read as byte ranges: one request
+            prefetch(pf.metadata, [groups[episode]] if groups and episode in groups else None)
         try:
             if groups is not None and episode in groups:
                 table = pf.read_row_group(groups[episode], columns=self.columns)

@@ -56,6 +56,13 @@ IO_FIELDS = (
     "byte_cache_misses",
     "byte_cache_evictions",
     "byte_cache_bypass",
+    # fetch="ranges" (io/spans.py): needed vs fetched bytes, index and range requests
+    "bytes_needed",
+    "index_bytes_fetched",
+    "index_requests",
+    "range_requests",
+    "range_bytes_fetched",
+    "range_unsupported",
 )
 
 
@@ -73,6 +80,7 @@ class RemoteInfo:
 
     size: int
     etag: str | None = None
+    version: str | None = None  # S3 VersionId (versioned buckets): reads stay on it
 
 
 class CacheFullError(Exception):

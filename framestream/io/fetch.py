@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import fsspec
 
 from framestream._errors import SourceError
-from framestream.io.cache import CachedFile, IOCounters, RemoteInfo
+from framestream.io.cache import CachedFile, IOCounters, RemoteInfo, cache_key
 from framestream.io.remote import (
+    RangeNotSupportedError,
     RemoteChangedError,
     RemoteOptions,
     _etag_of,
@@ -44,6 +47,9 @@ class RemoteReads:
     _lock: threading.Lock
     _pool: ThreadPoolExecutor | None
     _infos: dict[str, RemoteInfo | None]
+    _pins: dict[str, RemoteInfo]
+    run_id: str
+    no_ranges: bool
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -98,7 +104,8 @@ class RemoteReads:
             raise IsADirectoryError(f"{self.describe(relative)}: is a folder, not a file")
         if info.get("size") is None:
             raise SourceError(f"{self.describe(relative)}: the server gives no size")
-        return RemoteInfo(int(info["size"]), _etag_of(info))
+        version = info.get("VersionId") if self.protocol in ("s3", "s3a") else None
+        return RemoteInfo(int(info["size"]), _etag_of(info), str(version) if version else None)
 
     def _http_head(self, url: str) -> dict[str, Any]:
         """One HEAD request. fsspec's ``info`` falls back to a GET of the whole file when
@@ -129,12 +136,28 @@ class RemoteReads:
         return info if info.get("size") is not None else fs.info(url)
 
     def _remote_info(self, relative: str, required: bool = True) -> RemoteInfo | None:
-        """The remote size/ETag, asked once per process (``required=False``: None if unknown)."""
+        """The version of ``relative`` this run reads: the size/ETag it first saw.
+
+        Asked once per run, not per process: the first process to see a file records what it
+        saw (:meth:`_pin_record`, in the cache folder, shared by the run's workers) and every
+        later read, in any worker and any epoch, is checked against it, so a file replaced on
+        the server mid-run is never mixed with its old version (nor decoded with metadata read
+        before the change): its cached bytes keep serving the pinned version, and a fetch of
+        bytes not cached raises :class:`RemoteChangedError` naming the file. ``required=False``:
+        None when unknown and unreachable (a whole cached copy is then used as it is).
+        """
         self.fs  # noqa: B018 - a new process starts with an empty memo
-        if relative in self._infos:
-            known = self._infos[relative]
-            if known is not None or not required:
-                return known
+        pin = self._pins.get(relative)
+        if pin is not None:
+            return pin
+        record = self._pin_record(relative)
+        if record is not None:
+            pin = _load_pin(record)
+            if pin is not None:
+                self._pins[relative] = pin
+                return pin
+        if relative in self._infos and self._infos[relative] is None and not required:
+            return None
         if not required and not self.remote.revalidate:
             return None
         try:
@@ -144,24 +167,131 @@ class RemoteReads:
                 raise
             self._infos[relative] = None  # unreachable: a whole cached copy will do
             return None
-        self._infos[relative] = info
+        if record is not None:
+            info = _save_pin(record, info)  # the first process's version wins
+        self._pins[relative] = info
         return info
 
-    def _read_range(self, relative: str, start: int, end: int) -> bytes:
+    def _pin_record(self, relative: str) -> Path | None:
+        """Where this run records the version of ``relative`` (None without a cache)."""
+        cache = getattr(self, "cache", None)
+        if cache is None:
+            return None
+        return cache.root / "pins" / self.run_id / f"{cache_key(self._identity(relative))}.json"
+
+    def _identity(self, relative: str) -> str:
+        raise NotImplementedError
+
+    def _read_range(self, relative: str, start: int, end: int, kind: str = "file") -> bytes:
+        """Bytes ``[start, end)`` of the version of ``relative`` this run reads.
+
+        HTTP and S3 answers are checked against the pinned version (the ETag and total size
+        they carry; S3 reads the pinned VersionId where the bucket has versions). A server
+        that answers a range request with the whole object raises
+        :class:`RangeNotSupportedError` without reading the body (unless the whole object
+        was asked for). ``kind`` says which counters the bytes go to: ``"file"`` (whole-file
+        copies), ``"index"`` (mp4 indexes, parquet footers) or ``"range"`` (episode ranges).
+        """
+        pin = self._remote_info(relative)
+        assert pin is not None
         path = self.path(relative)
 
         def get() -> bytes:
-            data = self.fs.cat_file(path, start=start, end=end)
+            if self.protocol in ("http", "https"):
+                data, seen = self._http_range(relative, path, start, end, pin.size)
+            elif self.protocol in ("s3", "s3a"):
+                data, seen = self._s3_range(path, start, end, pin)
+            else:
+                data, seen = self.fs.cat_file(path, start=start, end=end), None
             if len(data) != end - start:
                 raise _ShortReadError(
                     f"bytes {start}-{end - 1}: got {len(data)} of {end - start} bytes "
                     "(truncated object or transfer)"
                 )
+            if seen is not None:
+                self._check_version(relative, pin, seen)
             return data
 
         data = self._retrying(f"read of bytes {start}-{end - 1}", relative, get)
         self.counters.add("bytes_fetched", len(data))
+        if kind == "index":
+            self.counters.add("index_bytes_fetched", len(data))
+            self.counters.add("index_requests")
+        elif kind == "range":
+            self.counters.add("range_bytes_fetched", len(data))
+            self.counters.add("range_requests")
         return data
+
+    def _check_version(self, relative: str, pin: RemoteInfo, seen: RemoteInfo) -> None:
+        if seen.size == pin.size and (pin.etag is None or seen.etag in (None, pin.etag)):
+            return
+        raise RemoteChangedError(
+            f"{self.describe(relative)}: the object changed while it was fetched or since this "
+            f"run first read it ({pin.size} bytes, ETag {pin.etag} then; {seen.size} bytes, "
+            f"ETag {seen.etag} now). A run reads one version of each file: restart it to read "
+            "the new one"
+        )
+
+    def _http_range(
+        self, relative: str, url: str, start: int, end: int, size: int
+    ) -> tuple[bytes, RemoteInfo | None]:
+        """One ranged GET (aiohttp on fsspec's session): the bytes and what the answer says
+        about the object (total size from Content-Range, ETag)."""
+        from fsspec.asyn import sync
+
+        fs = self.fs
+        where = self.describe(relative)
+
+        async def get() -> tuple[bytes, RemoteInfo | None]:
+            session = await fs.set_session()
+            headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{end - 1}"}
+            async with session.get(fs.encode_url(url), headers=headers, allow_redirects=True) as r:
+                if r.status == 404:
+                    raise FileNotFoundError(url)
+                raw_etag = r.headers.get("ETag")  # case-insensitive lookup
+                etag = _etag_of({"etag": raw_etag}) if raw_etag else None
+                if r.status == 200:
+                    length = int(r.headers.get("Content-Length", -1))
+                    if start == 0 and end == size and length in (size, -1):
+                        return await r.read(), RemoteInfo(size if length < 0 else length, etag)
+                    r.close()  # do not download the whole object for a range of it
+                    self.counters.add("range_unsupported")
+                    self.no_ranges = True  # the source's other readers stop asking
+                    raise RangeNotSupportedError(
+                        f"{where}: the server does not support range requests (it answered "
+                        f"the range {start}-{end - 1} with the whole object, HTTP 200)"
+                    )
+                if r.status == 416:
+                    raise _ShortReadError(f"bytes {start}-{end - 1}: range not satisfiable")
+                r.raise_for_status()
+                data = await r.read()
+                total = _content_range_total(r.headers.get("Content-Range"))
+                return data, RemoteInfo(size if total is None else total, etag)
+
+        return sync(fs.loop, get)
+
+    def _s3_range(self, path: str, start: int, end: int, pin: RemoteInfo) -> tuple[bytes, Any]:
+        """One ranged GetObject, on the pinned VersionId when the bucket keeps versions."""
+        from fsspec.asyn import sync
+
+        fs = self.fs
+        bucket, key, _ = fs.split_path(path)
+        kw: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
+        if pin.version:
+            kw["VersionId"] = pin.version
+
+        async def get() -> tuple[bytes, RemoteInfo]:
+            resp = await fs._call_s3("get_object", **kw)
+            body = resp["Body"]
+            try:
+                data = await body.read()
+            finally:
+                body.close()
+            total = _content_range_total(resp.get("ContentRange"))
+            etag = str(resp.get("ETag") or "").strip('"') or None
+            return data, RemoteInfo(pin.size if total is None else total, etag)
+
+        return sync(fs.loop, get)
 
     def _block_pool(self) -> ThreadPoolExecutor:
         self.fs  # noqa: B018 - resets the pool in a new process
@@ -184,15 +314,20 @@ class RemoteReads:
                 os.pwrite(fd, data, rng[0])
                 return len(data)
 
-            if len(ranges) <= 1 or self.remote.concurrency <= 1:
-                got = sum(one(rng) for rng in ranges)
-            else:
-                futures = [self._block_pool().submit(one, rng) for rng in ranges]
-                try:
-                    got = sum(f.result() for f in futures)
-                finally:
-                    for f in futures:
-                        f.cancel()
+            try:
+                if len(ranges) <= 1 or self.remote.concurrency <= 1:
+                    got = sum(one(rng) for rng in ranges)
+                else:
+                    got = sum(one(rng) for rng in ranges[:1])  # one first: does Range work?
+                    futures = [self._block_pool().submit(one, rng) for rng in ranges[1:]]
+                    try:
+                        got += sum(f.result() for f in futures)
+                    finally:
+                        for f in futures:
+                            f.cancel()
+            except RangeNotSupportedError:
+                # The whole body in one request (the server sends nothing less), read once.
+                got = one((0, info.size))
         finally:
             os.close(fd)
         now = self._stat_remote(relative)
@@ -251,3 +386,36 @@ class _RemoteRaw(io.RawIOBase):
         buffer[:n] = data
         self._pos += n
         return n
+
+
+def _content_range_total(value: str | None) -> int | None:
+    """The total size in a ``Content-Range: bytes a-b/total`` header (None if absent/``*``)."""
+    if not value or "/" not in value:
+        return None
+    total = value.rsplit("/", 1)[1].strip()
+    return int(total) if total.isdigit() else None
+
+
+def _load_pin(path: Path) -> RemoteInfo | None:
+    try:
+        d = json.loads(path.read_text())
+        return RemoteInfo(int(d["size"]), d.get("etag"), d.get("version"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _save_pin(path: Path, info: RemoteInfo) -> RemoteInfo:
+    """Record ``info`` unless another process already did; returns the recorded one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"size": info.size, "etag": info.etag, "version": info.version}))
+        try:
+            os.link(tmp, path)  # atomic: fails if another process recorded it first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        return info  # a read-only or full cache folder: the pin stays in this process
+    return _load_pin(path) or info

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import mmap
 from collections.abc import Callable, Iterable, Mapping
 
 from framestream.io.mp4index import Mp4Index, coalesce, episode_ranges
@@ -88,7 +89,8 @@ class RangedFile(io.RawIOBase):
                 blobs[-1] = bytes(merged)
             else:
                 starts.append(off)
-                blobs.append(bytes(data))
+                # bytes and memory maps (cache entries) are kept as they are, not copied
+                blobs.append(data if isinstance(data, (bytes, mmap.mmap)) else bytes(data))
         self._starts = starts
         self._blobs = blobs
         self._pos = 0
@@ -160,6 +162,17 @@ class RangedFile(io.RawIOBase):
         if n < want:
             self._last = (pos + n, want - n)
         return n
+
+    on_close: Callable[[], None] | None = None
+    """Called once when the file is closed (releases what backs the fetched ranges)."""
+
+    def close(self) -> None:
+        if not self.closed:
+            self._blobs, self._starts = [], []
+            hook, self.on_close = self.on_close, None
+            if hook is not None:
+                hook()
+        super().close()
 
     # -- extras --------------------------------------------------------------------------
 

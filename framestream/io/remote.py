@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from framestream._errors import SourceError
@@ -38,6 +38,17 @@ class RemoteOptions:
             (a cached copy is still used when the remote cannot be reached).
         lock_timeout_s: the longest a worker waits for another one's download of a file (a
             last resort: a download itself ends within its timeouts and retries).
+        fetch: ``"ranges"`` (default): a video is read as the byte ranges of the episodes a
+            worker decodes (found in the mp4's sample tables, read once per file and node) and
+            a data file as the row groups of its episodes, so that N ranks together fetch
+            about one copy of the dataset per epoch instead of up to N. Costs a few small
+            requests per file for its index and one or two per episode and camera.
+            ``"files"``: every file a worker touches is fetched whole into the byte cache
+            first (fewer, larger requests; best when each node reads most of every file, e.g.
+            one rank, or a cache that already holds the dataset after ``framestream
+            prewarm``). Files already whole in the cache are read from there in both modes.
+        range_gap: byte ranges of one episode closer than this are fetched in one request
+            (the bytes between are fetched too).
     """
 
     connect_timeout_s: float = 10.0
@@ -51,10 +62,23 @@ class RemoteOptions:
     metadata_in_place_bytes: int = 4 * 2**20
     revalidate: bool = True
     lock_timeout_s: float = 1800.0
+    fetch: Literal["ranges", "files"] = "ranges"
+    range_gap: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if self.fetch not in ("ranges", "files"):
+            raise ValueError(f"RemoteOptions.fetch must be 'ranges' or 'files', got {self.fetch!r}")
+        if self.range_gap < 0:
+            raise ValueError(f"RemoteOptions.range_gap must be >= 0, got {self.range_gap}")
 
 
 class RemoteChangedError(SourceError):
-    """A remote object's size or ETag changed while it was being read."""
+    """A remote object's size or ETag changed while it was being read, or since this run
+    first read it (a run never mixes two versions of a file)."""
+
+
+class RangeNotSupportedError(SourceError):
+    """The server answered a range request with the whole object (HTTP 200, not 206)."""
 
 
 class _ShortReadError(OSError):
@@ -125,6 +149,8 @@ def is_transient(exc: BaseException) -> bool:
     Looks through the exception's causes, because fsspec re-raises a failed HTTP HEAD as
     ``FileNotFoundError`` and s3fs re-raises a 503 as a plain ``OSError``.
     """
+    if isinstance(exc, (RemoteChangedError, RangeNotSupportedError)):
+        return False  # another try gets the same answer
     chain = _chain(exc)
     for e in chain:
         status = _status_of(e)

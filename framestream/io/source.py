@@ -16,12 +16,12 @@ fetches) are in :mod:`framestream.io.fetch`.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
-import random
 import threading
-import time
+import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -43,7 +43,13 @@ from framestream.io.cache import (
     cache_key,
 )
 from framestream.io.fetch import RemoteReads, _PinnedReader, _RemoteRaw
-from framestream.io.remote import RemoteChangedError, RemoteOptions, is_transient, resolve_url
+from framestream.io.remote import (
+    RangeNotSupportedError,
+    RemoteChangedError,
+    RemoteOptions,
+    is_transient,
+    resolve_url,
+)
 
 __all__ = ["RemoteChangedError", "RemoteOptions", "Source", "is_transient", "resolve_url"]
 
@@ -87,6 +93,9 @@ class Source(RemoteReads):
         self._fs: fsspec.AbstractFileSystem | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._infos: dict[str, RemoteInfo | None] = {}
+        # The versions this run reads (see RemoteReads._remote_info); inherited by workers.
+        self._pins: dict[str, RemoteInfo] = dict(getattr(self, "_inherited_pins", {}))
+        self.run_id: str = getattr(self, "_inherited_run", None) or uuid.uuid4().hex
         fs, root = self._make_fs()
         self._fs, self._fs_pid = fs, os.getpid()
         self.root: str = root.rstrip("/")
@@ -97,6 +106,7 @@ class Source(RemoteReads):
             what = "is a file, not a dataset folder" if os.path.exists(self.root) else "not found"
             raise DatasetNotFoundError(f"no such local dataset folder: {self.url} ({what})")
         self.counters = IOCounters()
+        self.no_ranges = False  # set when the server answered a range request with 200
         self.cache: ByteCache | None = None
         if not self.is_local and self.cache_max_bytes != 0:
             self.cache = ByteCache(
@@ -115,9 +125,14 @@ class Source(RemoteReads):
             "cache_dir": self.cache_dir,
             "cache_max_bytes": self.cache_max_bytes,
             "remote": asdict(self.remote),
+            "run_id": self.run_id,
+            "pins": {k: asdict(v) for k, v in self._pins.items()},
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self._inherited_run = state.pop("run_id", None)
+        self._inherited_pins = {k: RemoteInfo(**v) for k, v in state.pop("pins", {}).items()}
         self.__init__(**state)
 
     # --------------------------------------------------------------- filesystem
@@ -212,28 +227,60 @@ class Source(RemoteReads):
         key = cache_key(self._identity(relative))
         suffix = PurePosixPath(relative).suffix
         where = self.describe(relative)
-        last: Exception | None = None
-        delay = self.remote.backoff_s
-        for _ in range(self.remote.retries + 1):
-            try:
-                return self.cache.acquire(
-                    key,
-                    suffix,
-                    remote_info=lambda required: self._remote_info(relative, required),
-                    fetch=lambda tmp, info: self._fetch_into(relative, tmp, info),
-                    describe=where,
-                )
-            except RemoteChangedError as exc:
-                last = exc
-                self._infos.pop(relative, None)
-                time.sleep(min(delay, self.remote.max_backoff_s) * random.uniform(0.5, 1.0))
-                delay *= 2
-            except CacheFullError:
-                self.counters.add("byte_cache_bypass")
-                return None
-        raise RemoteChangedError(
-            f"{last} (still changing after {self.remote.retries + 1} attempts)"
-        ) from last
+        # A RemoteChangedError is not retried: this run reads the version it first saw
+        # (its cached copy still serves), and another try would only find the new one.
+        try:
+            return self.cache.acquire(
+                key,
+                suffix,
+                remote_info=lambda required: self._remote_info(relative, required),
+                fetch=lambda tmp, info: self._fetch_into(relative, tmp, info),
+                describe=where,
+            )
+        except CacheFullError:
+            self.counters.add("byte_cache_bypass")
+            return None
+
+    def cached_whole(self, relative: str) -> CachedFile | None:
+        """A pinned whole copy of ``relative`` of the version this run reads, if the cache
+        already holds one (``framestream prewarm``, an earlier ``fetch="files"`` run); no
+        download. Ranged reads use it instead of fetching ranges."""
+        if self.is_local or self.cache is None:
+            return None
+        key = cache_key(self._identity(relative))
+        suffix = PurePosixPath(relative).suffix
+        meta = self.cache._read_meta(key)
+        if meta is None or not self.cache.contains(key, suffix):
+            return None
+        info = self._remote_info(relative)
+        assert info is not None
+        if meta.get("size") != info.size or (info.etag and meta.get("etag") != info.etag):
+            return None  # another version than the one this run reads
+        return self.pin(relative)
+
+    @property
+    def fetches_ranges(self) -> bool:
+        """Whether episodes are read as byte ranges (remote, ``fetch="ranges"``, and the
+        server has answered range requests as such)."""
+        return not self.is_local and self.remote.fetch == "ranges" and not self.no_ranges
+
+    def whole_instead_of_ranges(self, relative: str, exc: RangeNotSupportedError) -> CachedFile:
+        """After a server refused ranges: the whole file, downloaded once into the cache."""
+        self.no_ranges = True
+        pin = self.pin(relative) if self.cache is not None else None
+        if pin is None:
+            raise RangeNotSupportedError(
+                f"{exc}; reading it needs the byte cache (cache_max_bytes=0 here) or a "
+                "server with Range support"
+            ) from exc
+        return pin
+
+    @functools.cached_property
+    def spans(self) -> Any:
+        """This source's :class:`~framestream.io.spans.SpanReader` (episode byte ranges)."""
+        from framestream.io.spans import SpanReader
+
+        return SpanReader(self)
 
     def prefetch(self, relative: str) -> None:
         """Bring ``relative`` into the cache (a no-op for local sources)."""
@@ -265,6 +312,11 @@ class Source(RemoteReads):
                 raise FileNotFoundError(f"{self.describe(relative)}: file not found") from exc
             except OSError as exc:
                 raise SourceError(f"{self.describe(relative)}: cannot open ({exc})") from exc
+        if self.fetches_ranges and relative.startswith("data/") and relative.endswith(".parquet"):
+            whole = self.cached_whole(relative)
+            if whole is not None:
+                return _PinnedReader(whole)
+            return self.spans.open_parquet(relative)  # row groups fetched as needed
         if self._read_in_place(relative):
             # Unbuffered: pyarrow asks for the footer and each needed column chunk exactly.
             return _RemoteRaw(self, relative, self._remote_info(relative).size)  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
 from framestream.stream.plan import Segment
+from framestream.stream.prefetch import camera_span
 from framestream.stream.sample import WindowSpec, build_sample, in_layout
 
 
@@ -113,21 +114,23 @@ class SegmentReader:
         if len(todo) == 0:  # every needed frame is decoded already
             return
         relative = self.meta.video_file(self.ep.episode, key)
+        from_ts = self.meta.video_from_timestamp(self.ep.episode, key)
         frames = decode_episode_frames(
             self.decoders,
             relative=relative,
             camera=key,
             episode=self.ep.episode,
-            from_timestamp=self.meta.video_from_timestamp(self.ep.episode, key),
+            from_timestamp=from_ts,
             timestamps=self.ep.timestamps[todo].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
             pixel_format="rgb" if self.yuv is None else "yuv420",
+            span=self._span(cam, from_ts),
             frame_shape=declared_frame_shape(self.meta.features[key]),
         )
         arr = frames.numpy()
         if self.yuv is not None:  # I420 (H*3/2, W) frames, kept as they are
-            self.yuv[key] = self.decoders.colorspace(relative) or 2
+            self.yuv[key] = self.decoders.colorspace(relative, span=self._span(cam, from_ts)) or 2
             shape = arr.shape[1:]
         else:
             h, w, c = arr.shape[1:]
@@ -144,6 +147,19 @@ class SegmentReader:
         cam.next = stop
         cam.last = int(todo[-1])
         self.counters.decoded_frames += len(todo)
+
+    def _span(self, cam: _CameraFrames, from_ts: float) -> tuple[float, float] | None:
+        """Seconds of the camera's file this reader decodes (remote ``fetch="ranges"``: its
+        decoder fetches only their bytes); the same span prefetch computes."""
+        if not self.meta.source.fetches_ranges or not len(cam.needed):
+            return None
+        return camera_span(
+            from_ts,
+            self.meta.fps,
+            int(cam.needed[0]),
+            int(cam.needed[-1]),
+            self.decoders.backend,
+        )
 
     def _frames(self, key: str, idx: np.ndarray) -> list[np.ndarray] | np.ndarray:
         if self.meta.features[key].dtype == "image":

@@ -113,7 +113,12 @@ class WorkerStream:
             threads=opts.decoder_threads,
         )
         self.skipped: list[dict[str, Any]] = []
-        self.io = StreamIO(meta, depth=opts.prefetch)  # remote prefetch + byte counters
+        self.io = StreamIO(  # remote prefetch + byte counters
+            meta,
+            depth=opts.prefetch,
+            offsets={k: spec.window.frame_offsets(k) for k in meta.video_keys},
+            backend=self.decoders.backend,
+        )
         self._published: dict[str, int] = {}
 
     # ------------------------------------------------------------ reading

@@ -47,6 +47,13 @@ class Faults:
             while HEAD still announces the full size: an object that shrank.
         change_etag: each response carries a new ETag (an object being rewritten).
         requests: matching requests seen (read it to see that a fault was exercised).
+        ignore_range: (HTTP) answer range requests with the whole object and status 200, as
+            a server without Range support does.
+        latency_s, bandwidth_bps: shape the link for benchmarks: every request (matching or
+            not) waits ``latency_s`` before its answer, and bodies are sent at most at
+            ``bandwidth_bps`` bytes per second (per connection; 0: unlimited).
+        log: ``(method, path, range header, status)`` of every request (HTTP; S3: GET/HEAD),
+            for tests that count requests per file.
     """
 
     match: str = ""
@@ -57,6 +64,10 @@ class Faults:
     truncate_object: bool = False
     change_etag: bool = False
     requests: int = 0
+    ignore_range: bool = False
+    latency_s: float = 0.0
+    bandwidth_bps: float = 0.0
+    log: list[tuple[str, str, str, int]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _etag_seq: int = 0
 
@@ -80,6 +91,24 @@ class Faults:
         with self._lock:
             self.match, self.delay_s, self.errors = "", 0.0, 0
             self.truncate_transfer = self.truncate_object = self.change_etag = False
+            self.ignore_range = False
+
+    def record(self, method: str, path: str, rng: str, status: int) -> None:
+        with self._lock:
+            self.log.append((method, path, rng, status))
+
+    def send(self, write: Any, data: bytes) -> None:
+        """Write ``data`` at no more than ``bandwidth_bps``."""
+        if not self.bandwidth_bps:
+            write(data)
+            return
+        step = max(1, int(self.bandwidth_bps / 100))  # 10 ms slices
+        t0 = time.monotonic()
+        for i in range(0, len(data), step):
+            write(data[i : i + step])
+            ahead = (i + step) / self.bandwidth_bps - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
 
 
 class _ConnectionTracking:
@@ -136,6 +165,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
         srv = self.server
         faults = srv.faults
         url_path = unquote(urlsplit(self.path).path)
+        if faults.latency_s:
+            time.sleep(faults.latency_s)
         faulty = faults.applies(url_path)
         if faulty:
             if faults.delay_s:
@@ -156,6 +187,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
         start, end = 0, served  # [start, end)
         status = 200
         rng = self.headers.get("Range")
+        if faulty and faults.ignore_range:
+            rng = None
         if rng and rng.startswith("bytes=") and "," not in rng:
             a, _, b = rng[6:].strip().partition("-")
             try:
@@ -180,6 +213,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{served}")
         self.send_header("Content-Length", str(end - start))
         self.end_headers()
+        faults.record(self.command, url_path, self.headers.get("Range") or "", status)
         if head:
             return
         send = end - start
@@ -192,7 +226,11 @@ class _RangeHandler(BaseHTTPRequestHandler):
                 chunk = f.read(min(left, 1 << 20))
                 if not chunk:
                     break
-                self.wfile.write(chunk)
+                try:
+                    faults.send(self.wfile.write, chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client stopped reading (a 200 refused)
+                    return
                 left -= len(chunk)
         if send != end - start:
             self.wfile.flush()
@@ -221,6 +259,14 @@ def _s3_app(faults: Faults) -> Any:
     def middleware(environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
+        if method in ("GET", "HEAD"):
+            faults.record(method, path, environ.get("HTTP_RANGE", ""), 0)
+            if faults.latency_s:
+                time.sleep(faults.latency_s)
+            if faults.bandwidth_bps and method == "GET":
+                body = b"".join(app(environ, start_response))
+                time.sleep(len(body) / faults.bandwidth_bps)
+                return [body]
         if method not in ("GET", "HEAD") or not faults.applies(path):
             return app(environ, start_response)
         if faults.delay_s:
@@ -296,6 +342,29 @@ class ServerHandle:
     _server: Any = field(repr=False)
     _thread: threading.Thread = field(repr=False)
     stopped: bool = False
+    root: Path | None = None
+
+    def replace(self, relative: str, data: bytes) -> None:
+        """Replace the object at ``relative`` (a dataset path) with ``data`` on the server."""
+        if self.kind == "http":
+            assert self.root is not None
+            target = self.root / relative
+            tmp = target.with_name(target.name + ".replacing")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+            return
+        import boto3
+
+        ck = self.storage_options["client_kwargs"]
+        client = boto3.client(
+            "s3",
+            endpoint_url=ck["endpoint_url"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        bucket, prefix = self.url[len("s3://") :].split("/", 1)
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{relative}", Body=data)
 
     def stop(self) -> None:
         """Stop listening and cut every open connection (idempotent)."""
@@ -343,7 +412,7 @@ def serve(
     host, port = server.server_address[:2]
     endpoint = f"http://{host}:{port}"
     if source == "http":
-        return ServerHandle(f"{endpoint}/", {}, faults, "http", server, thread)
+        return ServerHandle(f"{endpoint}/", {}, faults, "http", server, thread, root=root)
     bucket = f"framestream-{uuid.uuid4().hex[:12]}"
     try:
         _upload(endpoint, bucket, "dataset", root)
@@ -356,4 +425,4 @@ def serve(
         "secret": "testing",
         "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
     }
-    return ServerHandle(f"s3://{bucket}/dataset", options, faults, "s3", server, thread)
+    return ServerHandle(f"s3://{bucket}/dataset", options, faults, "s3", server, thread, root=root)
