@@ -86,9 +86,10 @@ class _PyAVFile:
     _MAX_FORWARD_S = 2.0  # decode forward instead of seeking when the target is this close
     _EPS = 1e-6
 
-    def __init__(self, src: Any, threads: int) -> None:
+    def __init__(self, src: Any, threads: int, pix_fmt: str = "rgb24") -> None:
         import av
 
+        self._pix_fmt = pix_fmt
         self._container = av.open(src)
         self._stream = self._container.streams.video[0]
         self._stream.thread_count = max(1, threads)
@@ -134,7 +135,8 @@ class _PyAVFile:
         out, pts = [], []
         for t in seconds:
             p, frame = self._frame_at(float(t))
-            out.append(frame.to_ndarray(format="rgb24"))
+            arr = frame.to_ndarray(format=self._pix_fmt)
+            out.append(arr[..., None] if arr.ndim == 2 else arr)  # gray: (H, W, 1)
             pts.append(p)
         data = torch.from_numpy(np.stack(out))
         return data, np.asarray(pts, dtype=np.float64)
@@ -146,10 +148,22 @@ class _PyAVFile:
             self._src.close()
 
 
+DEPTH_PIX_FMT = "gray12le"  # LeRobot's depth videos: 12-bit codes, decoded by PyAV only
+
+
 def open_video(
-    source: Source, relative: str, *, backend: VideoBackend, threads: int = 1
+    source: Source,
+    relative: str,
+    *,
+    backend: VideoBackend,
+    threads: int = 1,
+    pix_fmt: str | None = None,
 ) -> VideoFile:
-    """Open ``relative`` for decoding; a missing or unreadable file raises VideoDecodeError."""
+    """Open ``relative`` for decoding; a missing or unreadable file raises VideoDecodeError.
+
+    ``pix_fmt`` (e.g. ``"gray12le"`` for depth) decodes through PyAV in that pixel format,
+    as LeRobot does; None gives RGB through ``backend``.
+    """
     where = source.describe(relative)
     try:
         # A remote file is read from its cached copy, pinned (never evicted) while open.
@@ -161,8 +175,10 @@ def open_video(
     if source.is_local and not source.exists(relative):
         raise VideoDecodeError(f"{where}: video file not found")
     try:
-        if backend == "torchcodec":
-            video: VideoFile = _TorchcodecFile(src, threads)
+        if pix_fmt is not None:
+            video: VideoFile = _PyAVFile(src, threads, pix_fmt)
+        elif backend == "torchcodec":
+            video = _TorchcodecFile(src, threads)
         else:
             video = _PyAVFile(src, threads)
     except VideoDecodeError:
@@ -211,7 +227,7 @@ class DecoderCache:
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
 
-    def get(self, relative: str) -> VideoFile:
+    def get(self, relative: str, *, pix_fmt: str | None = None) -> VideoFile:
         with self._lock:
             dec = self._open.get(relative)
             if dec is not None:
@@ -219,7 +235,9 @@ class DecoderCache:
                 self._open.move_to_end(relative)
                 return dec
             self.misses += 1
-        dec = open_video(self.source, relative, backend=self.backend, threads=self.threads)
+        dec = open_video(
+            self.source, relative, backend=self.backend, threads=self.threads, pix_fmt=pix_fmt
+        )
         with self._lock:
             self._open[relative] = dec
             while len(self._open) > self.capacity:
@@ -264,6 +282,7 @@ def decode_episode_frames(
     timestamps: np.ndarray,
     tolerance_s: float,
     fps: float,
+    pix_fmt: str | None = None,
 ) -> torch.Tensor:
     """Decode the frames at episode-relative ``timestamps`` (ascending) of one camera.
 
@@ -272,15 +291,20 @@ def decode_episode_frames(
     raises instead of being silently substituted. The decoder is asked for the frame shown
     slightly after the query (by ``min(tolerance_s, 0.5 / fps)``) so that float32 rounding of
     stored timestamps, a hair before a frame's start, still selects that frame.
+
+    The frame asked for is frame ``round(query * fps)`` of the file, as LeRobot picks it: a
+    large ``tolerance_s`` accepts a query between two frames, and the nearer frame (ties to
+    the even one, like Python's ``round``) is the one returned, never an arbitrary neighbour.
     """
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
+    snapped = np.round(query * fps) / fps
     nudge = min(tolerance_s, 0.5 / fps)
     try:
-        dec = cache.get(relative)
+        dec = cache.get(relative, pix_fmt=pix_fmt)
     except VideoDecodeError as exc:
         raise VideoDecodeError(f"{exc} (camera {camera!r}, episode {episode})") from exc
     try:
-        data, pts = dec.frames_at((query + nudge).tolist())
+        data, pts = dec.frames_at((snapped + nudge).tolist())
     except VideoDecodeError as exc:
         cache.discard(relative)
         raise VideoDecodeError(

@@ -20,7 +20,7 @@ import torch
 from framestream._errors import FramestreamError
 from framestream.decode import buffers as _buffers
 from framestream.decode.planar import to_planar
-from framestream.decode.video import DecoderCache, decode_episode_frames
+from framestream.decode.video import DEPTH_PIX_FMT, DecoderCache, decode_episode_frames
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
 from framestream.stream.plan import Segment
@@ -71,6 +71,7 @@ class SegmentReader:
         image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
         decode_chunk: int = 16,
         channels_last: bool = False,
+        depth_output_unit: str = "mm",
         cursor: int = 0,
         produced_pending: Sequence[int] = (),
     ) -> None:
@@ -80,6 +81,7 @@ class SegmentReader:
         self.return_uint8, self.image_transforms = return_uint8, image_transforms
         self.decode_chunk = decode_chunk
         self.channels_last = channels_last
+        self.depth_output_unit = depth_output_unit
         try:
             self.ep: EpisodeData = tables.read(segment.episode)
         except FramestreamError as exc:  # name the dataset, like errors of sample()
@@ -117,6 +119,7 @@ class SegmentReader:
             timestamps=self.ep.timestamps[todo].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
+            pix_fmt=DEPTH_PIX_FMT if self.meta.features[key].is_depth else None,
         )
         arr = frames.numpy()
         h, w, c = arr.shape[1:]
@@ -124,7 +127,11 @@ class SegmentReader:
         for i, f in enumerate(todo.tolist()):
             # Own (recycled) memory per frame, so a chunk is freed frame by frame, laid out
             # once in the output's memory order for every sample that reuses the frame.
-            own = _buffers.take(shape).numpy()
+            own = (
+                _buffers.take(shape).numpy()
+                if arr.dtype == np.uint8
+                else np.empty(shape, dtype=arr.dtype)  # depth codes (uint16)
+            )
             if self.channels_last:
                 own[...] = arr[i]
             else:
@@ -185,4 +192,6 @@ class SegmentReader:
             return_uint8=self.return_uint8,
             channels_last=self.channels_last,
             image_transforms=self.image_transforms,
+            depth_output_unit=self.depth_output_unit,
+            python_scalars=True,
         )

@@ -140,6 +140,7 @@ class WorkerStream:
                 counters=self.counters,
                 return_uint8=opts.return_uint8,
                 channels_last=opts.channels_last,
+                depth_output_unit=opts.depth_output_unit,
                 image_transforms=spec.image_transforms,
                 cursor=sch.cursor(rid),
                 produced_pending=[*sch.pending(rid), frame],
