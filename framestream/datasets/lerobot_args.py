@@ -38,10 +38,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # keyword -> (LeRobot's default, why it means nothing to a reader that streams).
 IGNORED: dict[str, tuple[Any, str]] = {
-    "force_cache_sync": (False, "framestream reads the files in place (remote bytes through "
-                         "its own byte cache); there is no local copy to re-sync"),
-    "download_videos": (True, "videos are read when a sample needs them, never downloaded "
-                        "up front"),
+    "force_cache_sync": (
+        False,
+        "framestream reads the files in place (remote bytes through "
+        "its own byte cache); there is no local copy to re-sync",
+    ),
+    "download_videos": (
+        True,
+        "videos are read when a sample needs them, never downloaded up front",
+    ),
     "batch_encoding_size": (1, "a writer option (LeRobot deprecated it in the reader)"),
     "rgb_encoder": (None, "a writer option"),
     "depth_encoder": (None, "a writer option"),
@@ -49,11 +54,16 @@ IGNORED: dict[str, tuple[Any, str]] = {
     "streaming_encoding": (False, "a writer option (LeRobot deprecated it in the reader)"),
     "encoder_queue_maxsize": (30, "a writer option"),
     "metadata_buffer_size": (10, "a writer option"),
-    "streaming": (True, "the streaming class always streams; use framestream.LeRobotDataset "
-                  "for random access"),
-    "max_num_shards": (16, "framestream splits episodes across ranks and DataLoader workers "
-                       "itself and keeps `active_shards` episodes open per worker; LeRobot's "
-                       "shard count (lerobot-train passes num_workers) is not needed"),
+    "streaming": (
+        True,
+        "the streaming class always streams; use framestream.LeRobotDataset for random access",
+    ),
+    "max_num_shards": (
+        16,
+        "framestream splits episodes across ranks and DataLoader workers "
+        "itself and keeps `active_shards` episodes open per worker; LeRobot's "
+        "shard count (lerobot-train passes num_workers) is not needed",
+    ),
 }
 
 

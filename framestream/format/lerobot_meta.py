@@ -180,8 +180,11 @@ class LeRobotMetaSurface:
 
     @property
     def depth_keys(self) -> list[str]:
-        return [k for k, f in self.features.items() if f.get("dtype") in ("video", "image")
-                and f.is_depth]
+        return [
+            k
+            for k, f in self.features.items()
+            if f.get("dtype") in ("video", "image") and f.is_depth
+        ]
 
     @property
     def has_language_columns(self) -> bool:

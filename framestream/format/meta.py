@@ -479,10 +479,12 @@ class DatasetMeta(LeRobotMetaSurface):
         half, out = 0.5 / self.fps, {}
         span, need = vid.to_ts - vid.from_ts, eps.length / self.fps
         for row in np.nonzero(np.abs(span - need) > half)[0].tolist():
-            what = "the last frame's time" if abs(span[row] - need[row] + 1 / self.fps) < half else (
-                "less than its frames" if span[row] < need[row] else "more than its frames "
-                "(the extra video frames are never read)"
-            )
+            if abs(span[row] - need[row] + 1 / self.fps) < half:
+                what = "to_timestamp is the last frame's time"
+            elif span[row] < need[row]:
+                what = "less than its frames"
+            else:
+                what = "more than its frames (the extra video frames are never read)"
             out[row] = (
                 f"from_timestamp {vid.from_ts[row]:.6f}s .. to_timestamp {vid.to_ts[row]:.6f}s "
                 f"spans {span[row]:.6f}s for {int(eps.length[row])} frames at {self.fps} fps "

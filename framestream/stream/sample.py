@@ -6,8 +6,8 @@ episode's tabular arrays and its decoded uint8 frames), so the two cannot drift 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
