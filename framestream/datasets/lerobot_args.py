@@ -67,16 +67,22 @@ IGNORED: dict[str, tuple[Any, str]] = {
 }
 
 
+# LeRobot's own factory passes these with other values on every call (max_num_shards =
+# num_workers): warning would only be noise.
+_SILENT = frozenset({"max_num_shards"})
+
+
 def check_ignored(given: Mapping[str, Any]) -> None:
     """Warn about an ignored keyword given a value other than LeRobot's default."""
     for name, value in given.items():
         default, why = IGNORED[name]
-        if value is not default and value != default:
-            warnings.warn(
-                f"{name}={value!r} is accepted for LeRobot compatibility and ignored: {why}",
-                UserWarning,
-                stacklevel=3,
-            )
+        if name in _SILENT or value is default or value == default:
+            continue
+        warnings.warn(
+            f"{name}={value!r} is accepted for LeRobot compatibility and ignored: {why}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def lerobot_home() -> Path:

@@ -104,7 +104,7 @@ class _PyAVFile:
             yield float(frame.pts * self._tb), frame
 
     def _seek(self, t: float) -> None:
-        self._container.seek(int(t / self._tb), stream=self._stream, backward=True)
+        self._container.seek(max(0, int(t / self._tb) - 1), stream=self._stream, backward=True)
         self._frames, self._cur, self._ahead = self._decode(), None, None
 
     def _frame_at(self, t: float) -> tuple[float, Any]:
@@ -117,6 +117,25 @@ class _PyAVFile:
             or t > known[0] + self._MAX_FORWARD_S
         ):
             self._seek(t)
+            self._advance(t)
+            # With B-frames (decode order differs from display order) a seek can land on a
+            # keyframe shown *after* t: step back until a frame at or before t comes out.
+            back = 1.0
+            while self._cur is None and self._ahead is not None and t > 0:
+                self._seek(max(0.0, t - back))
+                self._advance(t)
+                if t - back <= 0:
+                    break
+                back *= 4
+        else:
+            self._advance(t)
+        found = self._cur or self._ahead
+        if found is None:
+            raise VideoDecodeError(f"no frame decodable at {t:.6f}s")
+        return found
+
+    def _advance(self, t: float) -> None:
+        """Decode forward until the next frame is after ``t``."""
         while True:
             if self._ahead is None:
                 self._ahead = next(self._frames, None)
@@ -126,10 +145,6 @@ class _PyAVFile:
                 self._cur, self._ahead = self._ahead, None
             else:
                 break
-        found = self._cur or self._ahead
-        if found is None:
-            raise VideoDecodeError(f"no frame decodable at {t:.6f}s")
-        return found
 
     def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
         out, pts = [], []
@@ -298,7 +313,7 @@ def decode_episode_frames(
     """
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
     snapped = np.round(query * fps) / fps
-    nudge = min(tolerance_s, 0.5 / fps)
+    nudge = min(tolerance_s, 0.25 / fps)  # inside the snapped frame, past rounding noise
     try:
         dec = cache.get(relative, pix_fmt=pix_fmt)
     except VideoDecodeError as exc:
