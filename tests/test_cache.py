@@ -20,8 +20,8 @@ from remote_helpers import (
 )
 
 from framestream import StreamingLeRobotDataset
+from framestream._units import parse_episodes, parse_size
 from framestream.cli import main as cli_main
-from framestream.cli.prewarm import parse_episodes, parse_size
 from framestream.io.cache import ByteCache, CacheFullError, RemoteInfo
 from framestream.testing.servers import serve
 

@@ -32,9 +32,9 @@ from framestream import (
     VideoDecodeError,
 )
 from framestream.format.meta import DatasetMeta
-from framestream.format.validate import validate_dataset
 from framestream.testing import decode_frame_id, state_ids
 from framestream.testing.synth import generate_synthetic_dataset
+from framestream.validate.dataset import validate_dataset
 
 # 6 episodes of 14..30 frames, 2 cameras; one data file per episode; camera 0 holds 2
 # episodes per video file, camera 1 holds 3 (so the cameras roll over at different episodes).

@@ -20,8 +20,8 @@ import pytest
 
 from framestream.cli import validate as _validate_cli
 from framestream.format.meta import DatasetMeta
-from framestream.format.validate import CHECKS, validate_dataset
 from framestream.testing.synth import generate_synthetic_dataset
+from framestream.validate.dataset import CHECKS, validate_dataset
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real" / "record-test"
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from framestream.cli.prewarm import parse_size
+from framestream._units import parse_size
 
 MODES = ("single", "sarm", "window", "custom")
 # Targets of the streaming issue: decoded-frame equivalents (samples/s x cameras) per node as

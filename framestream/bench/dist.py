@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from framestream.stream.plan import resolve_rank
+
 
 @dataclass
 class DistInfo:
@@ -33,10 +35,15 @@ def _slurm_tasks_per_node() -> int | None:
 
 
 def detect_dist() -> DistInfo:
-    """Rank, world size and local layout from torchrun/accelerate env vars, else SLURM's."""
+    """Rank and world size as the datasets resolve them (:func:`resolve_rank`: Accelerate,
+    then torch.distributed, then ``RANK``/``WORLD_SIZE``), else SLURM's; plus the local layout.
+
+    SLURM is only a fallback here: a plain ``srun`` sets no ``RANK``, and the benchmark passes
+    the rank it found to the dataset explicitly.
+    """
     env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    rank, world = resolve_rank(None, None)
+    if world > 1 or "RANK" in env:
         local_rank = int(env.get("LOCAL_RANK", 0))
         local_world = int(env.get("LOCAL_WORLD_SIZE", 0)) or None
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:

@@ -43,7 +43,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from framestream.format.validate import validate_dataset
+    from framestream.validate.dataset import validate_dataset
 
     report = validate_dataset(
         args.root,

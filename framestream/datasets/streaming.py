@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from framestream.batch import slots as _slots
 from framestream.datasets.lerobot_args import check_ignored, resolve_location
+from framestream.decode import buffers as _buffers
 from framestream.decode.buffers import per_process
-from framestream.format.episodes import select_episodes
 from framestream.format.meta import DatasetMeta
+from framestream.format.selection import select_episodes
 from framestream.io.source import RemoteOptions, Source, resolve_url
 from framestream.stream.options import StreamOptions
 from framestream.stream.plan import Plan, make_plan, resolve_rank
@@ -59,6 +61,31 @@ def _freeze_inherited_objects() -> bool:
 
 
 _freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
+
+
+def _memory_counts() -> dict[str, int]:
+    """This process's batch-slot and frame-buffer counters (cumulative across streams)."""
+    slots, buffers = _slots.pool(), _buffers.pool()
+    return {
+        "batch_slots_reused": slots.reused,
+        "batch_slot_fallbacks": slots.fallbacks,
+        "frame_buffers_reused": buffers.reused,
+        "frame_buffers_allocated": buffers.allocated,
+    }
+
+
+class _Publisher:
+    """Adds a stream's counter increments, and this process's memory counters, to a board row."""
+
+    def __init__(self, board: StatsBoard, slot: int) -> None:
+        self.board, self.slot = board, slot
+        self.base = _memory_counts()
+
+    def __call__(self, deltas: dict[str, int]) -> None:
+        now = _memory_counts()
+        memory = {k: v - self.base[k] for k, v in now.items()}
+        self.base = now
+        self.board.add(self.slot, deltas | memory)
 
 
 def open_source(
@@ -371,7 +398,7 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
             ReadSpec(self.meta, self.window, o, self.image_transforms),
             start.schedule,
             Layout(rank, world_size, start.worker, num_workers, epoch),
-            publish=lambda deltas: self._board.add(slot, deltas),
+            publish=_Publisher(self._board, slot),
             custom_segments=start.custom_segments,
         )
         self._stream = stream

@@ -1,32 +1,26 @@
 """Dataset metadata: ``info.json``, the episode index and the tasks, loaded once and validated.
 
-The episode index is read column-selectively (LeRobot's episodes files carry hundreds of
-``stats/*`` columns that streaming never needs) into flat numpy arrays, so that a worker
-process holds a few kilobytes per thousand episodes and every lookup is an array index.
+The episode index (:mod:`framestream.format.episodes`) is read column-selectively into flat
+numpy arrays, so that a worker process holds a few kilobytes per thousand episodes and every
+lookup is an array index.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from framestream._errors import DatasetFormatError, EpisodeNotFoundError
-from framestream.format.lerobot_meta import (
-    EpisodeColumns,
-    InfoDict,
-    LeRobotMetaSurface,
-    stats_to_numpy,
-)
+from framestream._errors import DatasetFormatError
+from framestream.format.episodes import EPISODES_DIR, EpisodeIndex, load_episode_index
+from framestream.format.lerobot_meta import InfoDict, LeRobotMetaSurface, stats_to_numpy
 from framestream.io.source import Source
 
 INFO_PATH = "meta/info.json"
 TASKS_PATH = "meta/tasks.parquet"
 STATS_PATH = "meta/stats.json"
-EPISODES_DIR = "meta/episodes"
 
 KNOWN_DTYPES = frozenset(
     {
@@ -61,14 +55,6 @@ REQUIRED_INFO = (
     "data_path",
     "total_episodes",
     "total_frames",
-)
-EPISODE_COLUMNS = (
-    "episode_index",
-    "length",
-    "data/chunk_index",
-    "data/file_index",
-    "dataset_from_index",
-    "dataset_to_index",
 )
 
 
@@ -123,58 +109,21 @@ class Feature(dict):
         return bool(self.info.get("is_depth_map") or self.info.get("video.is_depth_map"))
 
 
-@dataclass
-class VideoIndex:
-    """Where each episode of one camera lives: file and seconds inside that file."""
-
-    chunk: np.ndarray
-    file: np.ndarray
-    from_ts: np.ndarray
-    to_ts: np.ndarray
-
-
-@dataclass
-class EpisodeIndex(EpisodeColumns):
-    """The episodes table as arrays, one row per episode, sorted by ``episode_index``."""
-
-    episode_index: np.ndarray
-    length: np.ndarray
-    data_chunk: np.ndarray
-    data_file: np.ndarray
-    from_index: np.ndarray
-    to_index: np.ndarray
-    tasks: list[list[str]]
-    videos: dict[str, VideoIndex]
-
-    def __post_init__(self) -> None:
-        self._row = {int(e): i for i, e in enumerate(self.episode_index)}
-
-    def __len__(self) -> int:
-        return len(self.episode_index)
-
-    def row(self, episode: int) -> int:
-        """Row position of ``episode``; a clear error when it does not exist."""
-        try:
-            return self._row[int(episode)]
-        except KeyError:
-            lo, hi = (
-                (int(self.episode_index.min()), int(self.episode_index.max()))
-                if len(self)
-                else (0, -1)
-            )
-            raise EpisodeNotFoundError(
-                f"episode {episode} does not exist in this dataset "
-                f"({len(self)} episodes, indices {lo}..{hi})"
-            ) from None
-
-
 class DatasetMeta(LeRobotMetaSurface):
     """Everything known about a dataset before reading any frame.
 
     Loaded once per process (and pickled to DataLoader workers as plain arrays).
+    ``check_totals=False`` accepts ``info.json`` totals that disagree with the episodes index
+    (``framestream validate`` reports them instead); the readers never need them.
     """
 
-    def __init__(self, source: Source | str, *, storage_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        source: Source | str,
+        *,
+        storage_options: dict | None = None,
+        check_totals: bool = True,
+    ) -> None:
         self.source = (
             source if isinstance(source, Source) else Source(source, storage_options or {})
         )
@@ -190,9 +139,10 @@ class DatasetMeta(LeRobotMetaSurface):
                 f"{self.source.describe(INFO_PATH)}: features {self.video_keys} are videos "
                 "but 'video_path' is missing or null"
             )
-        self.episodes: EpisodeIndex = self._load_episodes()
+        self.episodes: EpisodeIndex = load_episode_index(self.source, self.video_keys)
         self.tasks: dict[int, str] = self._load_tasks()
-        self._validate_totals()
+        if check_totals:
+            self._validate_totals()
         self._stats: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- info.json
@@ -249,87 +199,6 @@ class DatasetMeta(LeRobotMetaSurface):
         return out
 
     # ----------------------------------------------------------------- episodes
-    def _episode_files(self) -> list[str]:
-        files = [p for p in self.source.list(EPISODES_DIR) if p.endswith(".parquet")]
-        if not files:
-            raise DatasetFormatError(
-                f"{self.source.describe(EPISODES_DIR)}: no episodes parquet files found"
-            )
-        return files
-
-    def _load_episodes(self) -> EpisodeIndex:
-        wanted = list(EPISODE_COLUMNS) + ["tasks"]
-        for key in self.video_keys:
-            wanted += [
-                f"videos/{key}/{c}"
-                for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
-            ]
-        tables = []
-        for rel in self._episode_files():
-            where = self.source.describe(rel)
-            try:
-                with self.source.open(rel) as f:
-                    pf = pq.ParquetFile(f)
-                    names = set(pf.schema_arrow.names)
-                    missing = [c for c in wanted if c not in names and c != "tasks"]
-                    if missing:
-                        raise DatasetFormatError(f"{where}: missing episode columns {missing}")
-                    cols = [c for c in wanted if c in names]
-                    tables.append(pf.read(columns=cols))
-            except DatasetFormatError:
-                raise
-            except (pa.ArrowException, OSError) as exc:
-                if isinstance(exc, FileNotFoundError):
-                    raise
-                raise DatasetFormatError(f"{where}: unreadable episodes parquet ({exc})") from exc
-        table = pa.concat_tables(tables, promote_options="default")
-        order = np.argsort(table.column("episode_index").to_numpy(), kind="stable")
-
-        def col(name: str, dtype: Any) -> np.ndarray:
-            arr = table.column(name)
-            if arr.null_count:
-                raise DatasetFormatError(
-                    f"{self.source.describe(EPISODES_DIR)}: column {name!r} has null values"
-                )
-            return np.asarray(arr.to_numpy(), dtype=dtype)[order]
-
-        tasks: list[list[str]] = [[] for _ in range(table.num_rows)]
-        if "tasks" in table.column_names:
-            raw = table.column("tasks").to_pylist()
-            tasks = [list(raw[i] or []) for i in order]
-        videos = {
-            key: VideoIndex(
-                chunk=col(f"videos/{key}/chunk_index", np.int64),
-                file=col(f"videos/{key}/file_index", np.int64),
-                from_ts=col(f"videos/{key}/from_timestamp", np.float64),
-                to_ts=col(f"videos/{key}/to_timestamp", np.float64),
-            )
-            for key in self.video_keys
-        }
-        index = EpisodeIndex(
-            episode_index=col("episode_index", np.int64),
-            length=col("length", np.int64),
-            data_chunk=col("data/chunk_index", np.int64),
-            data_file=col("data/file_index", np.int64),
-            from_index=col("dataset_from_index", np.int64),
-            to_index=col("dataset_to_index", np.int64),
-            tasks=tasks,
-            videos=videos,
-        )
-        if len(np.unique(index.episode_index)) != len(index):
-            raise DatasetFormatError(
-                f"{self.source.describe(EPISODES_DIR)}: duplicate episode_index values"
-            )
-        bad = np.nonzero(index.to_index - index.from_index != index.length)[0]
-        if len(bad):
-            e = int(index.episode_index[bad[0]])
-            raise DatasetFormatError(
-                f"{self.source.describe(EPISODES_DIR)}: episode {e}: dataset_to_index - "
-                f"dataset_from_index = {int(index.to_index[bad[0]] - index.from_index[bad[0]])} "
-                f"but length = {int(index.length[bad[0]])}"
-            )
-        return index
-
     def _validate_totals(self) -> None:
         n, frames = len(self.episodes), int(self.episodes.length.sum())
         if int(self.info["total_episodes"]) != n:

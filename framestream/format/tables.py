@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from framestream._errors import DatasetFormatError
+from framestream.format import checks
 from framestream.format.meta import DatasetMeta
 
 
@@ -61,7 +62,8 @@ class TableReader:
         self._files: OrderedDict[str, tuple[Any, pq.ParquetFile, dict[int, int] | None]] = (
             OrderedDict()
         )
-        self.columns = meta.non_visual_keys() + meta.image_keys
+        self.columns = checks.data_columns(meta)
+        self._floats = checks.float_columns(meta, self.columns)
 
     def _open(self, rel: str) -> tuple[pq.ParquetFile, dict[int, int] | None]:
         hit = self._files.get(rel)
@@ -110,9 +112,9 @@ class TableReader:
         where = meta.source.describe(rel)
         length = int(meta.episodes.length[row])
         pf, groups = self._open(rel)
-        missing = [c for c in self.columns if c not in pf.schema_arrow.names]
-        if missing:
-            raise DatasetFormatError(f"{where}: episode {episode}: missing data columns {missing}")
+        problem = checks.missing_columns(pf.schema_arrow.names, self.columns)
+        if problem:
+            raise problem.error(where, episode)
         try:
             if groups is not None and episode in groups:
                 table = pf.read_row_group(groups[episode], columns=self.columns)
@@ -126,34 +128,25 @@ class TableReader:
             raise DatasetFormatError(
                 f"{where}: episode {episode}: cannot read rows ({type(exc).__name__}: {exc})"
             ) from exc
-        if table.num_rows != length:
-            raise DatasetFormatError(
-                f"{where}: episode {episode}: the episode index says {length} frames but the "
-                f"data file holds {table.num_rows} rows"
-            )
+        problem = checks.row_count(table.num_rows, length)
+        if problem:
+            raise problem.error(where, episode)
         cols = {name: _column_to_numpy(table.column(name), length) for name in self.columns}
-        frame_index = cols["frame_index"]
-        if length and not np.array_equal(frame_index, np.arange(length)):
-            order = np.argsort(frame_index, kind="stable")
-            if not np.array_equal(frame_index[order], np.arange(length)):
-                raise DatasetFormatError(
-                    f"{where}: episode {episode}: frame_index is not 0..{length - 1}"
-                )
+        order, problem = checks.frame_order(cols["frame_index"], length)
+        if problem:
+            raise problem.error(where, episode)
+        if order is not None:
             cols = {
                 k: (v[order] if isinstance(v, np.ndarray) else [v[i] for i in order])
                 for k, v in cols.items()
             }
         self._check_shapes(cols, where, episode)
         from_index = int(meta.episodes.from_index[row])
-        if length and (
-            cols["index"][0] != from_index or cols["index"][-1] != from_index + length - 1
-        ):
-            raise DatasetFormatError(
-                f"{where}: episode {episode}: 'index' runs {int(cols['index'][0])}.."
-                f"{int(cols['index'][-1])} but the episode index says {from_index}.."
-                f"{from_index + length - 1}"
-            )
-        self._check_finite(cols, where, episode)
+        problem = checks.global_index(cols["index"], from_index, length)
+        for name in self._floats:
+            problem = problem or checks.nan_values(name, cols[name], length)
+        if problem:
+            raise problem.error(where, episode)
         return EpisodeData(episode=episode, length=length, from_index=from_index, columns=cols)
 
     def _check_shapes(self, cols: dict[str, Any], where: str, episode: int) -> None:
@@ -169,21 +162,6 @@ class TableReader:
                     f"{where}: episode {episode}: feature {name!r} has "
                     f"{int(np.prod(got))} values per row but info.json declares shape "
                     f"{list(self.meta.features[name].shape)}"
-                )
-
-    def _check_finite(self, cols: dict[str, Any], where: str, episode: int) -> None:
-        """NaN in a float feature is an error: a model fed NaN fails silently, far away."""
-        for name, values in cols.items():
-            if self.meta.features[name].dtype not in ("float32", "float64"):
-                continue
-            if not isinstance(values, np.ndarray) or values.dtype.kind != "f":
-                continue
-            nan = np.isnan(values)
-            if nan.any():
-                frame = int(np.nonzero(nan.reshape(len(values), -1).any(axis=1))[0][0])
-                raise DatasetFormatError(
-                    f"{where}: episode {episode}: feature {name!r} is NaN at frame {frame} "
-                    f"({int(nan.sum())} NaN values in the episode)"
                 )
 
     def close(self) -> None:

@@ -22,13 +22,11 @@ from framestream._errors import (
     TimestampToleranceError,
     VideoDecodeError,
 )
-from framestream.batch import slots as _slots
-from framestream.decode import buffers as _buffers
 from framestream.decode.video import DecoderCache, resolve_backend
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import TableReader
-from framestream.io.cache import StreamIO
 from framestream.stream.options import StreamOptions
+from framestream.stream.prefetch import StreamIO
 from framestream.stream.reader import Counters, SegmentReader
 from framestream.stream.sample import WindowSpec
 from framestream.stream.schedule import Schedule
@@ -73,17 +71,6 @@ def _skip_reason(exc: Exception) -> str:
     return "skipped_data_errors"
 
 
-def _memory_counts() -> dict[str, int]:
-    """This process's batch-slot and frame-buffer counters (cumulative across streams)."""
-    slots, buffers = _slots.pool(), _buffers.pool()
-    return {
-        "batch_slots_reused": slots.reused,
-        "batch_slot_fallbacks": slots.fallbacks,
-        "frame_buffers_reused": buffers.reused,
-        "frame_buffers_allocated": buffers.allocated,
-    }
-
-
 class WorkerStream:
     """Streams the samples ``schedule`` names, opening readers as their samples come due.
 
@@ -91,7 +78,8 @@ class WorkerStream:
         spec: metadata, window, options and transforms shared by every reader.
         schedule: the reference stream (fresh, fast-forwarded or restored).
         layout: rank, worker and epoch (recorded in :meth:`position`).
-        publish: receives counter increments for ``stats()``.
+        publish: receives counter increments for ``stats()`` (called every few samples, at
+            the end and on close).
         custom_segments: the schedule's segments are not the plan's (an elastic resume) and
             must be saved with the position.
     """
@@ -121,7 +109,6 @@ class WorkerStream:
         self.skipped: list[dict[str, Any]] = []
         self.io = StreamIO(meta, depth=opts.prefetch)  # remote prefetch + byte counters
         self._published: dict[str, int] = {}
-        self._memory_base = _memory_counts()
 
     # ------------------------------------------------------------ reading
     def _reader(self, rid: int, frame: int) -> SegmentReader:
@@ -202,7 +189,6 @@ class WorkerStream:
             **c.extra,
             **self.io.counters(),
         }
-        now.update({k: v - self._memory_base[k] for k, v in _memory_counts().items()})
         deltas = {k: v - self._published.get(k, 0) for k, v in now.items()}
         self._published = now
         self._publish_to(deltas)

@@ -23,14 +23,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from fractions import Fraction
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,177 +39,37 @@ from framestream.testing.framecode import (
     MAX_FRAME,
     action_rows,
     cell_size,
-    encode_frame,
     state_rows,
+)
+from framestream.testing.synth_tables import (
+    hf_features,
+    image_stats,
+    table_stats,
+    task_string,
+    write_episodes,
+    write_tasks,
+)
+from framestream.testing.synth_video import (
+    ENCODERS,
+    Segment,
+    SegmentJob,
+    concat_segments,
+    run_jobs,
 )
 
 __all__ = ["CAMERA_FILE_FACTOR", "camera_key", "generate_synthetic_dataset", "task_string"]
 
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
 ROBOT_TYPE = "framestream_synthetic"
 # Camera k's file size limit is video_files_size_in_mb * (1 + CAMERA_FILE_FACTOR * k).
 CAMERA_FILE_FACTOR = 0.37
-_ENCODERS: dict[str, tuple[str, dict[str, str]]] = {
-    # Preset 12 is SVT-AV1's fastest (mapped to 11 by newer releases); B-frames do not exist
-    # at the container level in AV1, every temporal unit shows exactly one frame.
-    "av1": ("libsvtav1", {"preset": "12"}),
-    "h264": ("libx264", {"preset": "ultrafast", "bf": "0"}),
-}
-_TASKS = (
-    "Pick up the red cube and place it in the bowl",
-    "Push the blue block to the left edge of the table",
-    "Open the top drawer",
-    "Stack the green cube on the yellow cube",
-    "Wipe the table with the sponge",
-    "Put the marker in the cup",
-    "Close the laptop lid",
-    "Fold the towel in half",
-)
-_STATS_QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 _INDEX_COLUMNS = ("frame_index", "episode_index", "index", "task_index")
 
 
 def camera_key(camera: int) -> str:
     """Feature name of synthetic camera ``camera`` (``observation.images.cam<k>``)."""
     return f"observation.images.cam{camera}"
-
-
-def task_string(task_index: int) -> str:
-    """Human-readable text of synthetic task ``task_index``."""
-    if task_index < len(_TASKS):
-        return _TASKS[task_index]
-    return f"Move object {task_index} to target {task_index % 7}"
-
-
-@dataclass(frozen=True)
-class _SegmentJob:
-    """One (episode, camera) video to encode in a worker process."""
-
-    episode: int
-    camera: int
-    length: int
-    height: int
-    width: int
-    fps: int
-    codec: str
-    gop: int
-    path: str
-
-
-@dataclass(frozen=True)
-class _Segment:
-    """An encoded (episode, camera) mp4: where it is, its size and pixel statistics."""
-
-    episode: int
-    camera: int
-    path: str
-    frames: int
-    size: int
-    stats: dict[str, Any] = field(repr=False)
-
-
-def _encode_segment(job: _SegmentJob) -> _Segment:
-    """Encode one episode of one camera; runs in a worker process, so it must be top level."""
-    # SVT-AV1 prints a banner per encoder unless told to log errors only.
-    os.environ.setdefault("SVT_LOG", "1")
-    codec_name, options = _ENCODERS[job.codec]
-    sums = np.zeros(3)
-    sq_sums = np.zeros(3)
-    lo = np.full(3, np.inf)
-    hi = np.full(3, -np.inf)
-    pixels = 0
-    sampled = 0
-    stride = max(1, job.length // 10)
-    with av.open(job.path, "w", format="mp4") as out:
-        stream = out.add_stream(codec_name, rate=job.fps, options=dict(options))
-        stream.width, stream.height, stream.pix_fmt = job.width, job.height, "yuv420p"
-        stream.time_base = Fraction(1, job.fps)
-        stream.codec_context.time_base = Fraction(1, job.fps)
-        stream.codec_context.gop_size = job.gop
-        stream.codec_context.max_b_frames = 0
-        for k in range(job.length):
-            image = encode_frame(job.episode, k, job.camera, job.height, job.width)
-            if k % stride == 0:
-                sample = image[::4, ::4].reshape(-1, 3).astype(np.float64) / 255.0
-                sums += sample.sum(0)
-                sq_sums += (sample**2).sum(0)
-                lo = np.minimum(lo, sample.min(0))
-                hi = np.maximum(hi, sample.max(0))
-                pixels += len(sample)
-                sampled += 1
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = k
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    frames = _check_packets(job.path, job.length, job.fps)
-    mean = sums / pixels
-    std = np.sqrt(np.maximum(sq_sums / pixels - mean**2, 0.0))
-    stats = {"min": lo, "max": hi, "mean": mean, "std": std, "count": sampled, "pixels": pixels}
-    return _Segment(
-        job.episode, job.camera, job.path, frames, os.path.getsize(job.path), stats=stats
-    )
-
-
-def _check_packets(path: str, expected: int, fps: int) -> int:
-    """Check ``path`` holds ``expected`` packets, packet ``k`` at exactly ``k / fps``.
-
-    Why: the whole dataset relies on frame k of a file being at k / fps; an encoder that
-    reordered frames or dropped one would silently shift every later episode.
-    """
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        ticks = Fraction(1, fps) / stream.time_base
-        if ticks.denominator != 1:
-            raise RuntimeError(f"{path}: time base {stream.time_base} cannot express 1/{fps} s")
-        count = 0
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            if packet.pts != count * ticks or packet.dts != packet.pts:
-                raise RuntimeError(
-                    f"{path}: packet {count} has pts={packet.pts} dts={packet.dts}, expected "
-                    f"{count * ticks} for both (frames must be in presentation order)"
-                )
-            count += 1
-    if count != expected:
-        raise RuntimeError(f"{path}: {count} packets written, expected {expected}")
-    return count
-
-
-def _concat_segments(segments: list[_Segment], path: Path, fps: int) -> None:
-    """Concatenate segment mp4s into ``path`` by remuxing, shifting each by the frames before.
-
-    Why remux: re-encoding would cost as much as the first encode and could change pixels.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with av.open(str(path), "w", format="mp4") as out:
-        out_stream = None
-        extradata = None
-        for segment in segments:
-            with av.open(segment.path) as source:
-                in_stream = source.streams.video[0]
-                if out_stream is None:
-                    out_stream = out.add_stream_from_template(in_stream, opaque=True)
-                    extradata = in_stream.codec_context.extradata
-                elif in_stream.codec_context.extradata != extradata:
-                    raise RuntimeError(
-                        f"{segment.path}: codec parameters differ from the first episode of "
-                        f"{path}; the episodes cannot be concatenated without re-encoding"
-                    )
-                ticks = Fraction(1, fps) / in_stream.time_base
-                shift = int(written * ticks)
-                for packet in source.demux(in_stream):
-                    if packet.size == 0:
-                        continue
-                    packet.pts += shift
-                    packet.dts += shift
-                    packet.stream = out_stream
-                    out.mux(packet)
-            written += segment.frames
-    _check_packets(str(path), written, fps)
 
 
 def _next_file(chunk: int, file: int, chunks_size: int) -> tuple[int, int]:
@@ -238,63 +95,6 @@ def _assign_files(
         used += size
         position += 1
     return placement
-
-
-def _list_type(value_type: pa.DataType, depth: int = 1) -> pa.DataType:
-    """Nested ``list<element: ...>`` type, named like the lists LeRobot writes."""
-    for _ in range(depth):
-        value_type = pa.list_(pa.field("element", value_type))
-    return value_type
-
-
-def _numeric_stats(values: np.ndarray, integer: bool, quantiles: bool) -> dict[str, list]:
-    """min/max/mean/std/count (and quantiles) per column of a ``(n, d)`` array."""
-    cast: Callable[[Any], Any] = int if integer else float
-    stats: dict[str, list] = {
-        "min": [cast(v) for v in values.min(0)],
-        "max": [cast(v) for v in values.max(0)],
-        "mean": [float(v) for v in values.mean(0, dtype=np.float64)],
-        "std": [float(v) for v in values.std(0, dtype=np.float64)],
-        "count": [int(len(values))],
-    }
-    if quantiles:
-        for name, q in _STATS_QUANTILES.items():
-            stats[name] = [float(v) for v in np.quantile(values.astype(np.float64), q, axis=0)]
-    return stats
-
-
-def _image_stats(parts: list[dict[str, Any]]) -> dict[str, list]:
-    """Per-channel image stats, ``(3, 1, 1)`` nested lists like LeRobot's, merged over parts."""
-    pixels = np.array([p["pixels"] for p in parts], dtype=np.float64)
-    means = np.stack([p["mean"] for p in parts])
-    variances = np.stack([p["std"] for p in parts]) ** 2
-    mean = (means * pixels[:, None]).sum(0) / pixels.sum()
-    var = ((variances + (means - mean) ** 2) * pixels[:, None]).sum(0) / pixels.sum()
-
-    def nest(v: np.ndarray) -> list:
-        return [[[float(x)]] for x in v]
-
-    return {
-        "min": nest(np.min([p["min"] for p in parts], axis=0)),
-        "max": nest(np.max([p["max"] for p in parts], axis=0)),
-        "mean": nest(mean),
-        "std": nest(np.sqrt(var)),
-        "count": [int(sum(p["count"] for p in parts))],
-    }
-
-
-def _hf_features(features: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The ``huggingface`` schema metadata LeRobot's parquet files carry (non-video columns)."""
-    out: dict[str, Any] = {}
-    for name, spec in features.items():
-        if spec["dtype"] == "video":
-            continue
-        value = {"dtype": spec["dtype"], "_type": "Value"}
-        if spec["shape"] == [1] and spec["names"] is None:
-            out[name] = value
-        else:
-            out[name] = {"feature": value, "length": spec["shape"][0], "_type": "List"}
-    return out
 
 
 def _prepare_root(root: Path, overwrite: bool) -> None:
@@ -356,7 +156,7 @@ class _Spec:
                 "height and width must be even (yuv420p)",
             ),
             (self.fps >= 1, "fps must be >= 1"),
-            (self.codec in _ENCODERS, f"codec must be one of {sorted(_ENCODERS)}"),
+            (self.codec in ENCODERS, f"codec must be one of {sorted(ENCODERS)}"),
             (self.gop >= 1, "gop must be >= 1"),
             (self.state_dim >= 3, "state_dim must be >= 3 (episode, frame, index)"),
             (self.action_dim >= 1, "action_dim must be >= 1"),
@@ -370,27 +170,6 @@ class _Spec:
                 raise ValueError(message)
         if self.num_cameras:
             cell_size(self.height, self.width)  # raises a clear ValueError when the code cannot fit
-
-
-def _run_jobs(jobs: list[_SegmentJob], workers: int, progress: bool) -> Iterator[_Segment]:
-    """Encode segments, in a process pool when it can help; yields them as they finish."""
-    with tqdm(total=len(jobs), desc="encoding", unit="video", disable=not progress) as bar:
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                yield _encode_segment(job)
-                bar.update()
-            return
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-            futures = [pool.submit(_encode_segment, job) for job in jobs]
-            try:
-                for future in as_completed(futures):
-                    yield future.result()
-                    bar.update()
-            except BaseException:
-                # Do not encode the rest of the dataset just to throw it away.
-                for future in futures:
-                    future.cancel()
-                raise
 
 
 def generate_synthetic_dataset(
@@ -474,7 +253,7 @@ def _write_dataset(
     segment_dir = root / ".segments"
     segment_dir.mkdir()
     jobs = [
-        _SegmentJob(
+        SegmentJob(
             e,
             k,
             lengths[e],
@@ -488,8 +267,8 @@ def _write_dataset(
         for e in range(num_episodes)
         for k in range(spec.num_cameras)
     ]
-    segments: dict[tuple[int, int], _Segment] = {}
-    for segment in _run_jobs(jobs, workers, progress):
+    segments: dict[tuple[int, int], Segment] = {}
+    for segment in run_jobs(jobs, workers, progress):
         if segment.frames != lengths[segment.episode]:
             raise RuntimeError(
                 f"{segment.path}: {segment.frames} frames, expected {lengths[segment.episode]}"
@@ -497,7 +276,7 @@ def _write_dataset(
         segments[segment.episode, segment.camera] = segment
 
     columns: dict[str, list[Any]] = {}
-    video_files: dict[Path, list[_Segment]] = {}
+    video_files: dict[Path, list[Segment]] = {}
     for k, key in enumerate(cameras):
         limit = spec.video_files_size_in_mb * (1 + CAMERA_FILE_FACTOR * k) * 1024 * 1024
         row = [segments[e, k] for e in range(num_episodes)]
@@ -516,14 +295,14 @@ def _write_dataset(
         total=len(video_files), desc="writing videos", unit="file", disable=not progress
     ) as bar:
         for path, parts in video_files.items():
-            _concat_segments(parts, path, spec.fps)
+            concat_segments(parts, path, spec.fps)
             bar.update()
     shutil.rmtree(segment_dir)
 
     # Tabular data: one table per episode, one row group per episode.
     tables = [_episode_table(e, int(starts[e]), lengths[e], spec) for e in range(num_episodes)]
     schema = tables[0].schema.with_metadata(
-        {"huggingface": json.dumps({"info": {"features": _hf_features(features)}})}
+        {"huggingface": json.dumps({"info": {"features": hf_features(features)}})}
     )
     limit = spec.data_files_size_in_mb * 1024 * 1024
     placement = _assign_files((t.nbytes for t in tables), limit, spec.chunks_size)
@@ -545,17 +324,17 @@ def _write_dataset(
         writer.close()
 
     # Episode index, stats and the rest of meta/.
-    episode_stats = [_table_stats(t, quantiles=False) for t in tables]
+    episode_stats = [table_stats(t, quantiles=False) for t in tables]
     for k, key in enumerate(cameras):
         for e in range(num_episodes):
-            episode_stats[e][key] = _image_stats([segments[e, k].stats])
-    _write_episodes(root, lengths, starts, spec.num_tasks, columns, episode_stats, cameras)
-    stats = _table_stats(pa.concat_tables(tables), quantiles=True)
+            episode_stats[e][key] = image_stats([segments[e, k].stats])
+    write_episodes(root, lengths, starts, spec.num_tasks, columns, episode_stats, cameras)
+    stats = table_stats(pa.concat_tables(tables), quantiles=True)
     for k, key in enumerate(cameras):
-        stats[key] = _image_stats([segments[e, k].stats for e in range(num_episodes)])
+        stats[key] = image_stats([segments[e, k].stats for e in range(num_episodes)])
     (root / "meta").mkdir(exist_ok=True)
     (root / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
-    _write_tasks(root, spec.num_tasks)
+    write_tasks(root, spec.num_tasks)
     info = {
         "codebase_version": "v3.0",
         "robot_type": ROBOT_TYPE,
@@ -630,107 +409,3 @@ def _episode_table(episode: int, start: int, length: int, spec: _Spec) -> pa.Tab
             "task_index": pa.array(np.full(length, episode % spec.num_tasks, dtype=np.int64)),
         }
     )
-
-
-def _table_stats(table: pa.Table, quantiles: bool) -> dict[str, dict[str, list]]:
-    """Stats of every data column of ``table``."""
-    stats = {}
-    for name in table.column_names:
-        column = table.column(name).combine_chunks()
-        if pa.types.is_fixed_size_list(column.type):
-            values = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
-        else:
-            values = column.to_numpy().reshape(-1, 1)
-        stats[name] = _numeric_stats(values, np.issubdtype(values.dtype, np.integer), quantiles)
-    return stats
-
-
-def _write_episodes(
-    root: Path,
-    lengths: list[int],
-    starts: np.ndarray,
-    num_tasks: int,
-    columns: dict[str, list[Any]],
-    episode_stats: list[dict[str, dict[str, list]]],
-    cameras: list[str],
-) -> None:
-    """meta/episodes/chunk-000/file-000.parquet: one row per episode, LeRobot's columns."""
-    n = len(lengths)
-    int64, float64 = pa.int64(), pa.float64()
-    arrays: dict[str, pa.Array] = {
-        "episode_index": pa.array(range(n), int64),
-        "tasks": pa.array(
-            [[task_string(e % num_tasks)] for e in range(n)], _list_type(pa.string())
-        ),
-        "length": pa.array(lengths, int64),
-        "data/chunk_index": pa.array(columns["data/chunk_index"], int64),
-        "data/file_index": pa.array(columns["data/file_index"], int64),
-        "dataset_from_index": pa.array(starts[:-1], int64),
-        "dataset_to_index": pa.array(starts[1:], int64),
-    }
-    for key in cameras:
-        for part, kind in [
-            ("chunk_index", int64),
-            ("file_index", int64),
-            ("from_timestamp", float64),
-            ("to_timestamp", float64),
-        ]:
-            name = f"videos/{key}/{part}"
-            arrays[name] = pa.array(columns[name], kind)
-    for feature in episode_stats[0]:
-        depth = 3 if feature in cameras else 1
-        for stat in ("min", "max", "mean", "std", "count"):
-            integer = stat == "count" or (
-                stat in ("min", "max") and isinstance(episode_stats[0][feature][stat][0], int)
-            )
-            kind = _list_type(int64 if integer else float64, 1 if stat == "count" else depth)
-            values = [s[feature][stat] for s in episode_stats]
-            arrays[f"stats/{feature}/{stat}"] = pa.array(values, kind)
-    arrays["meta/episodes/chunk_index"] = pa.array([0] * n, int64)
-    arrays["meta/episodes/file_index"] = pa.array([0] * n, int64)
-    path = root / EPISODES_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(arrays), path)
-
-
-def _write_tasks(root: Path, num_tasks: int) -> None:
-    """meta/tasks.parquet the way LeRobot writes it: the task string as the pandas index."""
-    table = pa.table(
-        {
-            "task_index": pa.array(range(num_tasks), pa.int64()),
-            "__index_level_0__": pa.array([task_string(t) for t in range(num_tasks)], pa.string()),
-        }
-    )
-    pandas_meta = {
-        "index_columns": ["__index_level_0__"],
-        "column_indexes": [
-            {
-                "name": None,
-                "field_name": None,
-                "pandas_type": "unicode",
-                "numpy_type": "object",
-                "metadata": {"encoding": "UTF-8"},
-            }
-        ],
-        "columns": [
-            {
-                "name": "task_index",
-                "field_name": "task_index",
-                "pandas_type": "int64",
-                "numpy_type": "int64",
-                "metadata": None,
-            },
-            {
-                "name": None,
-                "field_name": "__index_level_0__",
-                "pandas_type": "unicode",
-                "numpy_type": "object",
-                "metadata": None,
-            },
-        ],
-        "attributes": {},
-        "creator": {"library": "pyarrow", "version": pa.__version__},
-        "pandas_version": "2.2.3",
-    }
-    table = table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)})
-    pq.write_table(table, root / "meta" / "tasks.parquet")
