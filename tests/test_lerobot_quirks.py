@@ -40,3 +40,14 @@ def test_quirky_dataset_equals_lerobot(quirky):
 def test_quirky_dataset_streams_every_sample(quirky):
     ds = StreamingLeRobotDataset(quirky, shuffle=False, return_uint8=True)
     assert sorted(s["index"] for s in ds) == list(range(ds.num_frames))
+
+
+def test_validate_warns_grouped_and_reports_no_error(quirky):
+    from framestream.validate.dataset import validate_dataset
+
+    report = validate_dataset(str(quirky))
+    assert not report.errors, report.format()
+    ranges = [w for w in report.warnings if w.check == "video_range"]
+    # one grouped warning per camera, naming the episodes, not one per episode
+    assert len(ranges) == 2, report.format()
+    assert "last frame's time" in ranges[0].message and "episodes 0, 1" in ranges[0].message
