@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from framestream._errors import FramestreamError
-    from framestream.datasets.map_style import select_episodes
     from framestream.format.meta import INFO_PATH, TASKS_PATH, DatasetMeta
+    from framestream.format.selection import select_episodes
     from framestream.io.source import Source
 
     try:

@@ -25,11 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from framestream.format.meta import DatasetMeta
+from framestream.io.source import RemoteOptions, Source, resolve_url
+
 __all__ = [
     "IGNORED",
     "check_ignored",
     "lerobot_home",
     "normalize_video_backend",
+    "open_source",
     "resolve_location",
     "sorted_episodes",
 ]
@@ -166,3 +170,107 @@ def sorted_episodes(
         if not episodes:
             raise ValueError("episode_filter matched no episode")
     return None if episodes is None else np.asarray(episodes, dtype=np.int64)
+
+
+def lerobot_stream_options(
+    *,
+    rng: Any,
+    force_cache_sync: bool,
+    streaming: bool,
+    max_num_shards: int,
+    **named: Any,
+) -> dict[str, Any]:
+    """The stream options given under LeRobot's names (None: not given); LeRobot's
+    streaming-only keywords checked (ignored, or ``rng`` refused)."""
+    check_ignored(
+        {
+            "force_cache_sync": force_cache_sync,
+            "streaming": streaming,
+            "max_num_shards": max_num_shards,
+        }
+    )
+    if rng is not None:
+        raise ValueError(
+            "rng= is not supported: framestream's order is a pure function of (seed, "
+            "epoch), which makes resume exact; pass seed= instead"
+        )
+    return {k: v for k, v in named.items() if v is not None}
+
+
+class LeRobotStreamingSurface:
+    """``num_frames``, ``num_episodes``, ``absolute_to_relative_idx`` and ``len()`` of the
+    streaming dataset, as lerobot-train reads them."""
+
+    lengths: np.ndarray
+    episodes: Any
+
+    @property
+    def num_frames(self) -> int:
+        """Frames of the streamed episodes (all ranks; LeRobot's ``num_frames``)."""
+        return int(self.lengths.sum())
+
+    @property
+    def num_episodes(self) -> int:
+        """Streamed episodes (LeRobot's ``num_episodes``)."""
+        return len(self.episodes)
+
+    @property
+    def absolute_to_relative_idx(self) -> None:
+        """None: a stream has no positions (lerobot-train reads it for map-style only)."""
+        return None
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (whatever the number of DataLoader workers)."""
+        return self.num_samples(num_workers=0)  # type: ignore[attr-defined]
+
+
+def open_source(
+    root: str | Source | None,
+    meta: DatasetMeta | None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    cache_max_bytes: int | None = None,
+    remote_options: RemoteOptions | Mapping[str, Any] | None = None,
+) -> DatasetMeta:
+    """The dataset's metadata from exactly one description of where its bytes are.
+
+    ``meta`` already carries its :class:`Source`: source options given beside it would be
+    ignored, so they are refused instead.
+    """
+    given = {
+        "storage_options": storage_options,
+        "revision": revision,
+        "cache_dir": cache_dir,
+        "cache_max_bytes": cache_max_bytes,
+        "remote_options": remote_options,
+    }
+    set_names = [k for k, v in given.items() if v is not None]
+    if meta is not None:
+        if isinstance(root, str | os.PathLike) and resolve_url(os.fspath(root)) != meta.source.url:
+            raise ValueError(
+                f"root {os.fspath(root)!r} and meta= ({meta.source.url}) name different datasets"
+            )
+        if set_names or isinstance(root, Source):
+            raise ValueError(
+                f"meta= already says where the dataset is ({meta.source.url}); "
+                f"{set_names or ['a Source']} would be ignored: pass them to the Source of meta"
+            )
+        return meta
+    if isinstance(root, Source):
+        if set_names:
+            raise ValueError(f"{set_names} given beside a Source: set them on the Source")
+        return DatasetMeta(root)
+    if root is None:
+        raise ValueError("a dataset root (path or URL) or meta= is required")
+    return DatasetMeta(
+        Source(
+            str(root),
+            dict(storage_options or {}),
+            revision=revision,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            cache_max_bytes=cache_max_bytes,
+            remote=remote_options,
+        )
+    )

@@ -20,12 +20,17 @@ import numpy as np
 import torch
 
 from framestream.batch import slots as _slots
-from framestream.datasets.lerobot_args import check_ignored, resolve_location
+from framestream.datasets.lerobot_args import (
+    LeRobotStreamingSurface,
+    lerobot_stream_options,
+    open_source,
+    resolve_location,
+)
 from framestream.decode import buffers as _buffers
 from framestream.decode.buffers import per_process
 from framestream.format.meta import DatasetMeta
 from framestream.format.selection import select_episodes
-from framestream.io.source import RemoteOptions, Source, resolve_url
+from framestream.io.source import RemoteOptions, Source
 from framestream.stream.options import StreamOptions
 from framestream.stream.plan import Plan, make_plan, resolve_rank
 from framestream.stream.resume import start_schedule
@@ -88,59 +93,7 @@ class _Publisher:
         self.board.add(self.slot, deltas | memory)
 
 
-def open_source(
-    root: str | Source | None,
-    meta: DatasetMeta | None,
-    *,
-    storage_options: Mapping[str, Any] | None = None,
-    revision: str | None = None,
-    cache_dir: str | None = None,
-    cache_max_bytes: int | None = None,
-    remote_options: RemoteOptions | Mapping[str, Any] | None = None,
-) -> DatasetMeta:
-    """The dataset's metadata from exactly one description of where its bytes are.
-
-    ``meta`` already carries its :class:`Source`: source options given beside it would be
-    ignored, so they are refused instead.
-    """
-    given = {
-        "storage_options": storage_options,
-        "revision": revision,
-        "cache_dir": cache_dir,
-        "cache_max_bytes": cache_max_bytes,
-        "remote_options": remote_options,
-    }
-    set_names = [k for k, v in given.items() if v is not None]
-    if meta is not None:
-        if isinstance(root, str | os.PathLike) and resolve_url(os.fspath(root)) != meta.source.url:
-            raise ValueError(
-                f"root {os.fspath(root)!r} and meta= ({meta.source.url}) name different datasets"
-            )
-        if set_names or isinstance(root, Source):
-            raise ValueError(
-                f"meta= already says where the dataset is ({meta.source.url}); "
-                f"{set_names or ['a Source']} would be ignored: pass them to the Source of meta"
-            )
-        return meta
-    if isinstance(root, Source):
-        if set_names:
-            raise ValueError(f"{set_names} given beside a Source: set them on the Source")
-        return DatasetMeta(root)
-    if root is None:
-        raise ValueError("a dataset root (path or URL) or meta= is required")
-    return DatasetMeta(
-        Source(
-            str(root),
-            dict(storage_options or {}),
-            revision=revision,
-            cache_dir=None if cache_dir is None else str(cache_dir),
-            cache_max_bytes=cache_max_bytes,
-            remote=remote_options,
-        )
-    )
-
-
-class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
+class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.IterableDataset):
     """Stream a LeRobot v3.0 dataset: shuffled, split across ranks and workers, decoded once.
 
     Called as LeRobot 0.6.1's ``StreamingLeRobotDataset(repo_id, root=PATH, ...)`` or as
@@ -149,22 +102,16 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
     resolve_location`).
 
     Args:
-        repo_id: LeRobot's dataset name when ``root`` is given; otherwise where the dataset
-            is: a folder, an fsspec URL (``s3://``, ``http(s)://``, ``hf://``...), a
-            :class:`~framestream.io.source.Source`, or a Hub id (``"org/name"``: LeRobot's
-            cache when the dataset is there, else the Hub).
-        root: the dataset's folder or URL (LeRobot's form).
+        repo_id, root: LeRobot's form (a name, and the folder or URL of the files), or the
+            location alone: a folder, an fsspec URL, a ``Source`` or a Hub id ``"org/name"``.
         episodes: the episodes to stream (default: all), in this order when not shuffled.
         image_transforms: applied to each RGB camera tensor of a sample.
         delta_timestamps: ``{key: [seconds, ...]}`` windows; any length (no fixed ceiling).
         tolerance_s, buffer_size, seed, shuffle, return_uint8, depth_output_unit: stream
-            options under LeRobot's names (None: the :class:`~framestream.StreamOptions`
-            default; framestream's ``seed`` default is 0, LeRobot's 42).
-        revision: the Hub revision of a Hub dataset.
-        force_cache_sync, streaming, max_num_shards: LeRobot's; accepted and ignored
-            (framestream splits episodes across ranks and workers itself).
-        rng: refused: the order is a pure function of (seed, epoch), so resume is exact.
-        repo_type: ``"dataset"`` only. token: a Hub token.
+            options under LeRobot's names (None: the ``StreamOptions`` default; seed 0).
+        revision, repo_type, token: the Hub revision, ``"dataset"`` only, a Hub token.
+        force_cache_sync, streaming, max_num_shards: LeRobot's, accepted and ignored; rng:
+            refused (the order is a pure function of (seed, epoch)). See docs/lerobot.md.
         options: a :class:`~framestream.StreamOptions`; any of its fields may also be given
             as a keyword (``active_shards=4``), overriding ``options``.
         rank, world_size: None resolves from Accelerate, torch.distributed, then
@@ -212,24 +159,14 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         **option_fields: Any,
     ) -> None:
         super().__init__()
-        check_ignored(
-            {"force_cache_sync": force_cache_sync, "streaming": streaming,
-             "max_num_shards": max_num_shards}
-        )
-        if rng is not None:
-            raise ValueError(
-                "rng= is not supported: framestream's order is a pure function of (seed, "
-                "epoch), which makes resume exact; pass seed= instead"
+        option_fields.update(
+            lerobot_stream_options(
+                rng=rng, force_cache_sync=force_cache_sync, streaming=streaming,
+                max_num_shards=max_num_shards, tolerance_s=tolerance_s, buffer_size=buffer_size,
+                seed=seed, shuffle=shuffle, return_uint8=return_uint8,
+                depth_output_unit=depth_output_unit,
             )
-        named = {
-            "tolerance_s": tolerance_s,
-            "buffer_size": buffer_size,
-            "seed": seed,
-            "shuffle": shuffle,
-            "return_uint8": return_uint8,
-            "depth_output_unit": depth_output_unit,
-        }
-        option_fields.update({k: v for k, v in named.items() if v is not None})
+        )  # fmt: skip
         self.options = StreamOptions.build(options, **option_fields)
         location, name = (root if root is not None else repo_id), None
         if meta is None and not isinstance(location, Source):
@@ -262,25 +199,6 @@ class StreamingLeRobotDataset(torch.utils.data.IterableDataset):
         self._board = StatsBoard()
         self._stream: WorkerStream | None = None
         self._pending: DatasetState | None = None
-
-    @property
-    def num_frames(self) -> int:
-        """Frames of the streamed episodes (all ranks; LeRobot's ``num_frames``)."""
-        return int(self.lengths.sum())
-
-    @property
-    def num_episodes(self) -> int:
-        """Streamed episodes (LeRobot's ``num_episodes``)."""
-        return len(self.episodes)
-
-    @property
-    def absolute_to_relative_idx(self) -> None:
-        """None: a stream has no positions (lerobot-train only reads it for map-style)."""
-        return None
-
-    def __len__(self) -> int:
-        """Samples this rank yields per epoch (whatever the number of DataLoader workers)."""
-        return self.num_samples(num_workers=0)
 
     # --------------------------------------------------------------- public surface
     @property

@@ -325,15 +325,28 @@ class DatasetMeta(LeRobotMetaSurface):
                 vid.file[row],
             )
             start = end[prev] if same else 0.0
-            if vid.from_ts[row] < start - half:
-                after = (
-                    f"the last frame of episode {int(eps.episode_index[prev])} "
-                    f"(from_timestamp + length / fps = {start:.6f}s)"
-                    if same
-                    else "0"
+            if vid.from_ts[row] >= start - half:
+                continue
+            if not same:
+                out[row] = f"from_timestamp {vid.from_ts[row]:.6f}s is before 0"
+                continue
+            # Two episodes overlap: blame the one whose own to_timestamp disagrees with its
+            # length while the other starts where that to_timestamp says (a moved start).
+            prev_consistent = abs(vid.to_ts[prev] - end[prev]) <= half
+            if not prev_consistent and abs(vid.from_ts[row] - vid.to_ts[prev]) <= half:
+                out.setdefault(
+                    prev,
+                    (
+                        f"from_timestamp {vid.from_ts[prev]:.6f}s + its {int(eps.length[prev])} "
+                        f"frames ends at {end[prev]:.6f}s, after the start of episode "
+                        f"{int(eps.episode_index[row])} ({vid.from_ts[row]:.6f}s) in the same file"
+                    ),
                 )
+            else:
                 out[row] = (
-                    f"from_timestamp {vid.from_ts[row]:.6f}s is before {after} in the same file"
+                    f"from_timestamp {vid.from_ts[row]:.6f}s is before the last frame of "
+                    f"episode {int(eps.episode_index[prev])} (from_timestamp + length / fps = "
+                    f"{start:.6f}s) in the same file"
                 )
         cache[key] = out
         return out
