@@ -10,6 +10,22 @@ import pytest
 from framestream.testing.default_data import TINY_DATASET, synthetic_dataset
 from framestream.testing.synth import generate_synthetic_dataset
 
+
+def _raise_open_file_limit() -> None:
+    """Tests keep whole epochs of samples alive (``list(loader)``); torch shares every tensor a
+    DataLoader worker sends by one file descriptor, held while the tensor lives. A login
+    shell's soft limit is often 1024 (the hard one much higher): raise the soft limit to the
+    hard one, as one would before such a run, instead of failing with EMFILE."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+_raise_open_file_limit()
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = SHARED / "fixtures" / "real" / "record-test"
 

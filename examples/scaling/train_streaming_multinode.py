@@ -30,7 +30,8 @@ Usage::
     python examples/scaling/train_streaming_multinode.py --tiny --max-steps 20
 
     # 2 processes on one machine; on a CPU-only machine too (gloo). Not `--cpu`: with it,
-    # `accelerate launch` starts a single process unless run under mpirun.
+    # `accelerate launch` starts a single process unless run under mpirun (the script says
+    # so in one line at start-up: "[launch] asked for 2 processes but got 1").
     accelerate launch --multi_gpu --num_processes 2 \\
         examples/scaling/train_streaming_multinode.py --tiny
 
@@ -139,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         "there is none, so a requeued job can always pass --resume)",
     )
     run.add_argument("--log-every", type=int, default=10, help="steps between throughput logs")
-    run.add_argument("--log-samples", metavar="FILE", help="JSON lines of the samples per step")
+    run.add_argument(
+        "--log-samples",
+        metavar="FILE",
+        help="JSON lines of the samples per step; one file per rank: with several processes "
+        "rank r writes FILE with .rank<r> before the suffix (or put {rank} in the name)",
+    )
     run.add_argument("--metrics-json", metavar="FILE", help="write a run summary (main process)")
     return p
 
@@ -678,6 +684,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False),
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    asked = requested_processes()
+    if asked is not None and asked > world:
+        accelerator.print(
+            f"[launch] asked for {asked} processes but got {world}: `accelerate launch --cpu` "
+            "starts one process; use `accelerate launch --multi_gpu --num_processes N` (gloo "
+            "on CPU) or torchrun --nproc_per_node N"
+        )
     set_seed(args.seed)
     stop = StopFlag()
 
@@ -753,6 +766,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     sample_log.close()
     accelerator.end_training()
     return 0
+
+
+def requested_processes() -> int | None:
+    """How many processes the launcher was asked for, when it can be told; else None.
+
+    ``accelerate launch --num_processes 2 --cpu`` runs the script once, without WORLD_SIZE,
+    but sets MASTER_ADDR (it does so only for more than one process): the number asked for is
+    then read from the launcher's command line (the parent process), or is at least 2.
+    """
+    if "WORLD_SIZE" in os.environ or "MASTER_ADDR" not in os.environ:
+        return None
+    asked = 2
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return asked
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in ("--num_processes", "--num-processes"):
+            value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+            if value.isdigit():
+                asked = int(value)
+    return asked
 
 
 def _cpu_only_distributed() -> bool:

@@ -14,7 +14,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from framestream._units import parse_episodes, parse_size
+from framestream.cli.common import (
+    CLIError,
+    add_remote_arguments,
+    check_root,
+    parse_episodes,
+    parse_size,
+)
+
+__all__ = ["add_parser", "parse_episodes", "parse_size", "run"]
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -30,16 +38,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         nargs="*",
         help="episode indices or inclusive ranges (0 3-7 9,12); default: all",
     )
-    p.add_argument("--cache", dest="cache_dir", help="cache folder (default: the datasets')")
+    add_remote_arguments(p)
+    p.add_argument("--cache", dest="cache_dir", help=argparse.SUPPRESS)  # old name of --cache-dir
     p.add_argument(
-        "--cache-max-bytes",
-        type=parse_size,
-        default=None,
-        help="cache size limit, e.g. 50G (default 20G)",
+        "--jobs", type=int, default=4, help="files fetched at once (each holds a connection)"
     )
-    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
-    p.add_argument("--storage-options", default="{}", help="fsspec options as JSON")
-    p.add_argument("--jobs", type=int, default=4, help="files fetched at once")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
     return p
@@ -48,64 +51,55 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from framestream._errors import FramestreamError
     from framestream.format.meta import INFO_PATH, TASKS_PATH, DatasetMeta
     from framestream.format.selection import select_episodes
     from framestream.io.source import Source
 
-    try:
-        options = json.loads(args.storage_options)
-    except json.JSONDecodeError as exc:
-        print(f"framestream prewarm: --storage-options is not JSON ({exc})", file=sys.stderr)
-        return 2
+    check_root(args.url)
+    options = args.storage_options
     t0 = time.perf_counter()
-    try:
-        episodes = parse_episodes(args.episodes)
-        source = Source(
-            args.url,
-            options,
-            revision=args.revision,
-            cache_dir=args.cache_dir,
-            cache_max_bytes=args.cache_max_bytes,
+    episodes = parse_episodes(args.episodes)
+    source = Source(
+        args.url,
+        options,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        cache_max_bytes=args.cache_max_bytes,
+    )
+    if source.is_local:
+        print(f"{args.url} is a local dataset: nothing to prewarm")
+        return 0
+    if source.cache is None:
+        raise CLIError("the cache is disabled (--cache-max-bytes 0): nothing to prewarm")
+    meta = DatasetMeta(source)
+    selected = select_episodes(meta, episodes)
+    files: list[str] = [INFO_PATH] + meta.source.list("meta/episodes")
+    if source.exists(TASKS_PATH):
+        files.append(TASKS_PATH)
+    for ep in selected.tolist():
+        files.append(meta.data_file(ep))
+        files += [meta.video_file(ep, key) for key in meta.video_keys]
+    files = list(dict.fromkeys(files))
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        found = pool.map(lambda r: source._remote_info(r).size, files)
+        sizes = dict(zip(files, found, strict=True))
+    total = sum(sizes.values())
+    limit = source.cache.max_bytes
+    if limit is not None and total > limit:
+        print(
+            f"warning: the selection is {total / 2**20:.1f} MiB but the cache holds "
+            f"{limit / 2**20:.1f} MiB: files fetched last will evict the first ones",
+            file=sys.stderr,
         )
-        if source.is_local:
-            print(f"{args.url} is a local dataset: nothing to prewarm")
-            return 0
-        if source.cache is None:
-            print("framestream prewarm: the cache is disabled (--cache-max-bytes 0)")
-            return 2
-        meta = DatasetMeta(source)
-        selected = select_episodes(meta, episodes)
-        files: list[str] = [INFO_PATH] + meta.source.list("meta/episodes")
-        if source.exists(TASKS_PATH):
-            files.append(TASKS_PATH)
-        for ep in selected.tolist():
-            files.append(meta.data_file(ep))
-            files += [meta.video_file(ep, key) for key in meta.video_keys]
-        files = list(dict.fromkeys(files))
-        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            found = pool.map(lambda r: source._remote_info(r).size, files)
-            sizes = dict(zip(files, found, strict=True))
-        total = sum(sizes.values())
-        limit = source.cache.max_bytes
-        if limit is not None and total > limit:
-            print(
-                f"warning: the selection is {total / 2**20:.1f} MiB but the cache holds "
-                f"{limit / 2**20:.1f} MiB: files fetched last will evict the first ones",
-                file=sys.stderr,
-            )
-        before = source.io_stats()
-        with (
-            ThreadPoolExecutor(max(1, args.jobs)) as pool,
-            tqdm(total=total, unit="B", unit_scale=True, desc="prewarm") as bar,
-        ):
-            futures = {pool.submit(source.prefetch, rel): rel for rel in files}
-            for fut in as_completed(futures):
-                fut.result()
-                bar.update(sizes[futures[fut]])
-    except (FramestreamError, FileNotFoundError, ValueError) as exc:
-        print(f"framestream prewarm: {exc}", file=sys.stderr)
-        return 1
+    before = source.io_stats()
+    with (
+        ThreadPoolExecutor(max(1, args.jobs)) as pool,
+        tqdm(total=total, unit="B", unit_scale=True, desc="prewarm") as bar,
+    ):
+        futures = {pool.submit(source.prefetch, rel): rel for rel in files}
+        for fut in as_completed(futures):
+            fut.result()
+            bar.update(sizes[futures[fut]])
     after = source.io_stats()
     summary = {
         "url": source.url,

@@ -26,17 +26,23 @@ def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
             "per file, cameras rolling over at different episodes, and every frame carrying "
             "(episode, frame, camera) in its pixels (see framestream.testing)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("out", type=Path, help="folder to create")
-    parser.add_argument("--episodes", type=int, default=40, help="number of episodes")
+    parser.add_argument("out", type=Path, help="folder to create (must be absent or empty)")
+    parser.add_argument(
+        "--episodes", type=int, default=40, help="number of episodes (time grows with it)"
+    )
     parser.add_argument("--min-length", type=int, default=120, help="shortest episode, frames")
     parser.add_argument("--max-length", type=int, default=300, help="longest episode, frames")
     parser.add_argument("--cameras", type=int, default=2, help="number of cameras (0-16)")
     parser.add_argument("--height", type=int, default=240, help="frame height, pixels")
     parser.add_argument("--width", type=int, default=320, help="frame width, pixels")
     parser.add_argument("--fps", type=int, default=30, help="frames per second")
-    parser.add_argument("--codec", choices=["av1", "h264"], default="av1", help="video codec")
+    parser.add_argument(
+        "--codec",
+        choices=["av1", "h264"],
+        default="av1",
+        help="video codec (AV1: what LeRobot writes, slower to encode; H.264: quick)",
+    )
     parser.add_argument("--gop", type=int, default=2, help="keyframe interval, frames")
     parser.add_argument(
         "--data-file-mb", type=float, default=0.25, help="data file roll-over size, MB"
@@ -46,9 +52,14 @@ def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the episode lengths")
     parser.add_argument(
-        "--workers", type=int, default=None, help="encoder processes (default: all CPUs)"
+        "--workers",
+        type=int,
+        default=None,
+        help="encoder processes, each ~100 MB (default: all CPUs)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace what is in OUT (deletes it first)"
+    )
     parser.set_defaults(func=run_synth)
     return parser
 
@@ -59,11 +70,17 @@ add_parser = add_synth_parser
 
 def run_synth(args: argparse.Namespace) -> int:
     """Generate the dataset ``args`` describe, print what was written, return exit code 0."""
+    from framestream.cli.common import CLIError
     from framestream.testing.synth import generate_synthetic_dataset
 
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{args.out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise CLIError(f"{args.out} exists and is not empty: pass --overwrite to replace it")
     started = time.perf_counter()
     root = generate_synthetic_dataset(
-        args.out,
+        out,
         num_episodes=args.episodes,
         min_length=args.min_length,
         max_length=args.max_length,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from framestream._errors import DatasetFormatError
 from framestream.batch import slots as _slots
 from framestream.datasets.lerobot_args import (
     LeRobotStreamingSurface,
@@ -91,6 +92,23 @@ class _Publisher:
         memory = {k: v - self.base[k] for k, v in now.items()}
         self.base = now
         self.board.add(self.slot, deltas | memory)
+
+
+def _check_not_all_skipped(stream: WorkerStream, url: str) -> None:
+    """on_error='skip' must not turn a broken dataset into a quiet, empty epoch."""
+    if stream.counters.samples or not stream.skipped:
+        return
+    reasons: dict[str, int] = {}
+    for k, v in stream.counters.extra.items():
+        if k.startswith("skipped_") and k.endswith("_errors"):
+            reasons[k.removeprefix("skipped_").removesuffix("_errors")] = v
+    first = stream.skipped[0]
+    raise DatasetFormatError(
+        f"dataset {url}: every episode this worker was given failed and was skipped "
+        f"({len(stream.skipped)} episodes, {sum(s['samples'] for s in stream.skipped)} samples; "
+        f"by cause: {reasons}); nothing to stream. First: episode {first['episode']}: "
+        f"{first['reason'][:300]}"
+    )
 
 
 class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.IterableDataset):
@@ -322,6 +340,7 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.Iterable
         self._stream = stream
         try:
             yield from stream
+            _check_not_all_skipped(stream, self.meta.source.url)
         finally:
             stream.close()
 

@@ -16,6 +16,8 @@ def select_episodes(meta: DatasetMeta, episodes: Sequence[int] | None) -> np.nda
     if episodes is None:
         return meta.episodes.episode_index.copy()
     sel = np.asarray(list(episodes), dtype=np.int64)
+    if len(sel) == 0:
+        raise ValueError("episodes=[] selects no episode: nothing to stream (None means all)")
     if len(np.unique(sel)) != len(sel):
         raise ValueError("episodes= lists an episode more than once")
     for e in sel:

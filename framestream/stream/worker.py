@@ -171,7 +171,14 @@ class WorkerStream:
         for name, n in (("skipped_episodes", 1), ("skipped_samples", lost), (_skip_reason(exc), 1)):
             c.extra[name] = c.extra.get(name, 0) + n
         self.skipped.append({"episode": int(episode), "samples": int(lost), "reason": str(exc)})
-        log.warning("framestream: skipping episode %d (%d samples): %s", episode, lost, exc)
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning(
+            "framestream: skipping episode %d (%d samples, %s): %s",
+            episode,
+            lost,
+            _skip_reason(exc).removeprefix("skipped_"),
+            first_line if len(first_line) <= 160 else first_line[:157] + "...",
+        )
 
     # ------------------------------------------------------------ counters
     def _publish(self) -> None:
