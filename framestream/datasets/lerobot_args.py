@@ -161,6 +161,8 @@ def sorted_episodes(
     """
     if episodes is not None:
         episodes = sorted({int(e) for e in episodes})
+        if not episodes:
+            raise ValueError("episodes=[] selects no episode: nothing to stream (None means all)")
         for e in episodes:
             meta.episodes.row(e)  # raises EpisodeNotFoundError
     if episode_filter is not None:
