@@ -14,6 +14,7 @@ The public surface is small; everything in a ``_module`` is private.
 
 from framestream._errors import (
     DatasetFormatError,
+    DatasetNotFoundError,
     EpisodeNotFoundError,
     FramestreamError,
     SourceError,
@@ -45,6 +46,7 @@ __all__ = [
     "DatasetConfig",
     "DatasetFormatError",
     "DatasetMeta",
+    "DatasetNotFoundError",
     "EpisodeNotFoundError",
     "FramestreamError",
     "LeRobotDataset",

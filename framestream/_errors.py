@@ -32,3 +32,7 @@ class StateDictError(FramestreamError, ValueError):
 
 class SourceError(FramestreamError, OSError):
     """A remote or local source failed after the configured retries."""
+
+
+class DatasetNotFoundError(FramestreamError, FileNotFoundError):
+    """A local dataset folder that does not exist (never retried, never a Hub lookup)."""

@@ -42,7 +42,10 @@ def test_existing_local_folder_wins_over_a_repo_id(tmp_path, monkeypatch):
     (tmp_path / "org" / "name").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert resolve_url("org/name") == "org/name"
-    assert resolve_url("org/other") == "hf://datasets/org/other"
+    # Beside a local org/ folder, org/other is a local path too (issue 17: a missing local
+    # folder must say so, not turn into a Hub lookup that fails after retries).
+    assert resolve_url("org/other") == "org/other"
+    assert resolve_url("elsewhere/other") == "hf://datasets/elsewhere/other"
 
 
 @pytest.mark.parametrize(

@@ -143,10 +143,14 @@ def test_episode_rows_must_match_the_index(small_root, tmp_path):
     t = pq.read_table(ep_file)
     lengths = np.asarray(t.column("length").to_numpy()).copy()
     to_idx = np.asarray(t.column("dataset_to_index").to_numpy()).copy()
+    from_idx = np.asarray(t.column("dataset_from_index").to_numpy()).copy()
     lengths[1] += 1
-    to_idx[1] += 1
+    to_idx[1:] += 1  # the later episodes move up one: global ranges must not overlap
+    from_idx[2:] += 1
     t = t.set_column(t.column_names.index("length"), "length", pa.array(lengths))
     t = t.set_column(t.column_names.index("dataset_to_index"), "dataset_to_index", pa.array(to_idx))
+    i = t.column_names.index("dataset_from_index")
+    t = t.set_column(i, "dataset_from_index", pa.array(from_idx))
     pq.write_table(t, ep_file)
     _edit_info(root, total_frames=int(lengths.sum()))
     ds = MapDataset(str(root), episodes=[1])

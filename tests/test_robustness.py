@@ -307,6 +307,177 @@ def nan_state(root: Path, meta: DatasetMeta) -> Outcome:
     return _episode_level(episode, [rel, "observation.state", "NaN"], "nan")
 
 
+# ------------------------------------------------- issue 18: timestamps, dtypes, shapes, index
+def _rewrite_data_column(
+    root: Path, meta: DatasetMeta, episode: int, name: str, make: Callable[[pa.Table], pa.Array]
+) -> str:
+    """Replace column ``name`` of ``episode``'s data file (one episode per file) by ``make``'s."""
+    rel = meta.data_file(episode)
+    table = pq.read_table(root / rel)
+    assert set(table.column("episode_index").to_pylist()) == {episode}
+    i = table.column_names.index(name)
+    arr = make(table)
+    pq.write_table(table.set_column(i, pa.field(name, arr.type), arr), root / rel)
+    return rel
+
+
+def _frames_of(table: pa.Table) -> np.ndarray:
+    return table.column("frame_index").to_numpy()
+
+
+def timestamp_int64(root: Path, meta: DatasetMeta) -> Outcome:
+    """``timestamp`` stored as int64 (seconds truncated): every frame would show its second's
+    first frame."""
+    episode = 1
+    rel = _rewrite_data_column(
+        root,
+        meta,
+        episode,
+        "timestamp",
+        lambda t: pa.array((_frames_of(t) // meta.fps).astype(np.int64), pa.int64()),
+    )
+    return _episode_level(episode, [rel, "'timestamp'", "float32", "int64"], "dtype")
+
+
+def timestamp_shifted(root: Path, meta: DatasetMeta) -> Outcome:
+    """``timestamp`` one frame late: every sample would get the next frame, the episode's last
+    one the next episode's first frame."""
+    episode = 2
+    rel = _rewrite_data_column(
+        root,
+        meta,
+        episode,
+        "timestamp",
+        lambda t: pa.array((_frames_of(t) + 1) / meta.fps, pa.float32()),
+    )
+    return _episode_level(episode, [rel, "timestamp of frame 0", "tolerance_s"], "data")
+
+
+def timestamp_nan(root: Path, meta: DatasetMeta) -> Outcome:
+    """A NaN ``timestamp`` at frame 3."""
+    episode = 4
+    ts = lambda t: pa.array(  # noqa: E731
+        np.where(_frames_of(t) == 3, np.nan, _frames_of(t) / meta.fps), pa.float32()
+    )
+    rel = _rewrite_data_column(root, meta, episode, "timestamp", ts)
+    return _episode_level(episode, [rel, "timestamp", "NaN"], "nan")
+
+
+def _state_with(table: pa.Table, value_type: pa.DataType, convert: Callable) -> pa.Array:
+    col = table.column("observation.state").combine_chunks()
+    values = col.flatten().to_numpy().reshape(len(col), -1)
+    return pa.FixedSizeListArray.from_arrays(
+        pa.array(convert(values).ravel().tolist(), value_type), values.shape[1]
+    )
+
+
+def state_as_strings(root: Path, meta: DatasetMeta) -> Outcome:
+    """``observation.state`` written as strings where info.json declares float32."""
+    episode = 3
+    rel = _rewrite_data_column(
+        root,
+        meta,
+        episode,
+        "observation.state",
+        lambda t: _state_with(t, pa.string(), lambda v: v.astype(str)),
+    )
+    return _episode_level(episode, [rel, "'observation.state'", "float32", "string"], "dtype")
+
+
+def state_as_int(root: Path, meta: DatasetMeta) -> Outcome:
+    """``observation.state`` written as int64 where info.json declares float32."""
+    episode = 0
+    rel = _rewrite_data_column(
+        root,
+        meta,
+        episode,
+        "observation.state",
+        lambda t: _state_with(t, pa.int64(), lambda v: np.round(v).astype(np.int64)),
+    )
+    return _episode_level(episode, [rel, "'observation.state'", "float32", "int64"], "dtype")
+
+
+def index_as_float(root: Path, meta: DatasetMeta) -> Outcome:
+    """The global ``index`` written as float64 (right values, wrong type)."""
+    episode = 5
+    rel = _rewrite_data_column(
+        root,
+        meta,
+        episode,
+        "index",
+        lambda t: pa.array(t.column("index").to_numpy().astype(np.float64), pa.float64()),
+    )
+    return _episode_level(episode, [rel, "'index'", "int64", "float64"], "dtype")
+
+
+def inf_state(root: Path, meta: DatasetMeta) -> Outcome:
+    """``observation.state`` is +Inf at one frame of one episode."""
+    episode = 2
+    rel = _rewrite_data_column(
+        root,
+        meta,
+        episode,
+        "observation.state",
+        lambda t: _state_with(
+            t,
+            pa.float32(),
+            lambda v: np.where((_frames_of(t) == 7)[:, None], np.inf, v).astype(np.float32),
+        ),
+    )
+    return _episode_level(episode, [rel, "observation.state", "Inf", "frame 7"], "nan")
+
+
+def overlapping_index(root: Path, meta: DatasetMeta) -> Outcome:
+    """The last episode's global ``index`` range moved back 4 frames, into the one before it
+    (its data rows agree): two episodes claim the same global indices."""
+    eps = meta.episodes
+    last = int(eps.episode_index[-1])
+    row = eps.row(last)
+    lo = int(eps.from_index[row]) - 4
+    hi = lo + int(eps.length[row])
+    for name, value in (("dataset_from_index", lo), ("dataset_to_index", hi)):
+        _write_episodes_column(root, name, last, value)
+    _rewrite_data_column(
+        root, meta, last, "index", lambda t: pa.array(lo + _frames_of(t), pa.int64())
+    )
+    return Outcome(
+        frozenset({last - 1, last}),
+        DatasetFormatError,
+        ["dataset_from_index", f"episode {last - 1}", f"episode {last}", "overlap"],
+        "episode_index",
+        at_load=True,
+    )
+
+
+def wrong_resolution(root: Path, meta: DatasetMeta) -> Outcome:
+    """One video file of a camera re-encoded at another size (32x64, declared 48x80)."""
+    key = meta.video_keys[1]
+    rel = meta.video_file(0, key)
+    path, tmp = root / rel, root / "tmp.mp4"
+    shutil.move(path, tmp)
+    with av.open(str(tmp)) as inp, av.open(str(path), "w") as out:
+        src = inp.streams.video[0]
+        dst = out.add_stream("libx264", rate=meta.fps)
+        dst.width, dst.height, dst.pix_fmt = 64, 32, "yuv420p"
+        dst.time_base = src.time_base
+        for frame in inp.decode(src):
+            small = frame.reformat(width=64, height=32)
+            small.pts, small.time_base = frame.pts, frame.time_base
+            out.mux(dst.encode(small))
+        out.mux(dst.encode(None))
+    tmp.unlink()
+    bad = _episodes_in(meta, key, rel)
+    return Outcome(
+        frozenset(bad),
+        VideoDecodeError,
+        [rel, repr(key), "32x64x3", "48x80x3"],
+        "shape",
+        reason="skipped_video_errors",
+        bad_frame=(bad[0], 0),
+        episode_in_message=min(bad),
+    )
+
+
 BREAKS = {
     f.__name__: f
     for f in (
@@ -321,6 +492,15 @@ BREAKS = {
         codec_mismatch,
         non_utf8_task,
         nan_state,
+        timestamp_int64,
+        timestamp_shifted,
+        timestamp_nan,
+        state_as_strings,
+        state_as_int,
+        index_as_float,
+        inf_state,
+        overlapping_index,
+        wrong_resolution,
     )
 }
 

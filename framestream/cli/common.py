@@ -15,6 +15,7 @@ import sys
 from typing import Any, NoReturn
 
 from framestream._units import parse_episodes, parse_size
+from framestream.io.remote import is_hub_repo_id
 
 __all__ = [
     "CLIError",
@@ -79,13 +80,6 @@ class ArgumentParser(argparse.ArgumentParser):
 # A Hub repo id: exactly ``org/name``, each part starting with a letter or digit (what the Hub
 # accepts: letters, digits, '-', '_', '.').
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-def is_hub_repo_id(path: str) -> bool:
-    """``org/name`` that is not a local path: no leading ``/ . ~``, exactly two parts, and
-    the first part is not an existing local folder (``data/my_dataset`` with a ``data/``
-    folder here is a local path that does not exist, not a Hub repo)."""
-    return bool(_HUB_ID.match(path)) and not os.path.exists(path.split("/", 1)[0])
 
 
 def looks_local(root: str) -> bool:

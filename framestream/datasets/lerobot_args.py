@@ -17,7 +17,6 @@ ignored (:data:`IGNORED`), the others are used or refused with the reason.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,20 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from framestream.format.meta import DatasetMeta
-from framestream.io.source import RemoteOptions, Source, resolve_url
-
 __all__ = [
     "IGNORED",
     "check_ignored",
     "lerobot_home",
     "normalize_video_backend",
-    "open_source",
     "resolve_location",
     "sorted_episodes",
 ]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # keyword -> (LeRobot's default, why it means nothing to a reader that streams).
 IGNORED: dict[str, tuple[Any, str]] = {
@@ -106,7 +100,7 @@ def _is_url(s: str) -> bool:
 def _local_must_exist(path: str, what: str) -> str:
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{what} {str(p)!r} does not exist (a local folder was given)")
+        raise DatasetNotFoundError(f"{what} {str(p)!r} does not exist (a local folder was given)")
     if not p.is_dir():
         raise NotADirectoryError(f"{what} {str(p)!r} is not a folder")
     return str(p)
@@ -132,9 +126,8 @@ def resolve_location(
         return s, None
     if Path(s).expanduser().exists():
         return _local_must_exist(s, "dataset root"), None
-    explicit_path = isinstance(repo_id, os.PathLike) or s.startswith(("/", ".", "~"))
-    if explicit_path or not _HUB_ID.match(s):
-        raise FileNotFoundError(
+    if isinstance(repo_id, os.PathLike) or not is_hub_repo_id(s):
+        raise DatasetNotFoundError(
             f"dataset root {s!r} does not exist (a local path was given; a Hub dataset is "
             "named 'org/name')"
         )
@@ -224,55 +217,3 @@ class LeRobotStreamingSurface:
     def __len__(self) -> int:
         """Samples this rank yields per epoch (whatever the number of DataLoader workers)."""
         return self.num_samples(num_workers=0)  # type: ignore[attr-defined]
-
-
-def open_source(
-    root: str | Source | None,
-    meta: DatasetMeta | None,
-    *,
-    storage_options: Mapping[str, Any] | None = None,
-    revision: str | None = None,
-    cache_dir: str | None = None,
-    cache_max_bytes: int | None = None,
-    remote_options: RemoteOptions | Mapping[str, Any] | None = None,
-) -> DatasetMeta:
-    """The dataset's metadata from exactly one description of where its bytes are.
-
-    ``meta`` already carries its :class:`Source`: source options given beside it would be
-    ignored, so they are refused instead.
-    """
-    given = {
-        "storage_options": storage_options,
-        "revision": revision,
-        "cache_dir": cache_dir,
-        "cache_max_bytes": cache_max_bytes,
-        "remote_options": remote_options,
-    }
-    set_names = [k for k, v in given.items() if v is not None]
-    if meta is not None:
-        if isinstance(root, str | os.PathLike) and resolve_url(os.fspath(root)) != meta.source.url:
-            raise ValueError(
-                f"root {os.fspath(root)!r} and meta= ({meta.source.url}) name different datasets"
-            )
-        if set_names or isinstance(root, Source):
-            raise ValueError(
-                f"meta= already says where the dataset is ({meta.source.url}); "
-                f"{set_names or ['a Source']} would be ignored: pass them to the Source of meta"
-            )
-        return meta
-    if isinstance(root, Source):
-        if set_names:
-            raise ValueError(f"{set_names} given beside a Source: set them on the Source")
-        return DatasetMeta(root)
-    if root is None:
-        raise ValueError("a dataset root (path or URL) or meta= is required")
-    return DatasetMeta(
-        Source(
-            str(root),
-            dict(storage_options or {}),
-            revision=revision,
-            cache_dir=None if cache_dir is None else str(cache_dir),
-            cache_max_bytes=cache_max_bytes,
-            remote=remote_options,
-        )
-    )

@@ -26,6 +26,7 @@ from framestream.decode.video import (
     decode_episode_frames,
     resolve_backend,
 )
+from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
 from framestream.io.source import Source
@@ -214,7 +215,7 @@ class MapDataset(torch.utils.data.Dataset):
         ep = self._episode_cache.get(episode)
         if ep is None:
             if self._tables is None:
-                self._tables = TableReader(self.meta)
+                self._tables = TableReader(self.meta, tolerance_s=self.tolerance_s)
             ep = self._tables.read(episode)
             self._episode_cache[episode] = ep
         return ep
@@ -240,6 +241,7 @@ class MapDataset(torch.utils.data.Dataset):
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
             pix_fmt=DEPTH_PIX_FMT if depth else None,
+            frame_shape=declared_frame_shape(self.meta.features[key]),
         )
         arr = frames.numpy()
         return [in_layout(arr[i], channels_last=self.channels_last) for i in inverse.reshape(-1)]

@@ -19,15 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from framestream._errors import DatasetFormatError
-from framestream.batch import slots as _slots
+from framestream.datasets.common import Publisher, check_not_all_skipped, open_source
 from framestream.datasets.lerobot_args import (
     LeRobotStreamingSurface,
     lerobot_stream_options,
-    open_source,
     resolve_location,
 )
-from framestream.decode import buffers as _buffers
 from framestream.decode.buffers import per_process
 from framestream.format.meta import DatasetMeta
 from framestream.format.selection import select_episodes
@@ -67,48 +64,6 @@ def _freeze_inherited_objects() -> bool:
 
 
 _freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
-
-
-def _memory_counts() -> dict[str, int]:
-    """This process's batch-slot and frame-buffer counters (cumulative across streams)."""
-    slots, buffers = _slots.pool(), _buffers.pool()
-    return {
-        "batch_slots_reused": slots.reused,
-        "batch_slot_fallbacks": slots.fallbacks,
-        "frame_buffers_reused": buffers.reused,
-        "frame_buffers_allocated": buffers.allocated,
-    }
-
-
-class _Publisher:
-    """Adds a stream's counter increments, and this process's memory counters, to a board row."""
-
-    def __init__(self, board: StatsBoard, slot: int) -> None:
-        self.board, self.slot = board, slot
-        self.base = _memory_counts()
-
-    def __call__(self, deltas: dict[str, int]) -> None:
-        now = _memory_counts()
-        memory = {k: v - self.base[k] for k, v in now.items()}
-        self.base = now
-        self.board.add(self.slot, deltas | memory)
-
-
-def _check_not_all_skipped(stream: WorkerStream, url: str) -> None:
-    """on_error='skip' must not turn a broken dataset into a quiet, empty epoch."""
-    if stream.counters.samples or not stream.skipped:
-        return
-    reasons: dict[str, int] = {}
-    for k, v in stream.counters.extra.items():
-        if k.startswith("skipped_") and k.endswith("_errors"):
-            reasons[k.removeprefix("skipped_").removesuffix("_errors")] = v
-    first = stream.skipped[0]
-    raise DatasetFormatError(
-        f"dataset {url}: every episode this worker was given failed and was skipped "
-        f"({len(stream.skipped)} episodes, {sum(s['samples'] for s in stream.skipped)} samples; "
-        f"by cause: {reasons}); nothing to stream. First: episode {first['episode']}: "
-        f"{first['reason'][:300]}"
-    )
 
 
 class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.IterableDataset):
@@ -334,13 +289,13 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.Iterable
             ReadSpec(self.meta, self.window, o, self.image_transforms),
             start.schedule,
             Layout(rank, world_size, start.worker, num_workers, epoch),
-            publish=_Publisher(self._board, slot),
+            publish=Publisher(self._board, slot),
             custom_segments=start.custom_segments,
         )
         self._stream = stream
         try:
             yield from stream
-            _check_not_all_skipped(stream, self.meta.source.url)
+            check_not_all_skipped(stream, self.meta.source.url)
         finally:
             stream.close()
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from framestream._errors import TimestampToleranceError, VideoDecodeError
+from framestream.format import checks
 from framestream.io.source import Source
 
 VideoBackend = Literal["torchcodec", "pyav"]
@@ -298,6 +299,7 @@ def decode_episode_frames(
     tolerance_s: float,
     fps: float,
     pix_fmt: str | None = None,
+    frame_shape: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Decode the frames at episode-relative ``timestamps`` (ascending) of one camera.
 
@@ -310,6 +312,8 @@ def decode_episode_frames(
     The frame asked for is frame ``round(query * fps)`` of the file, as LeRobot picks it: a
     large ``tolerance_s`` accepts a query between two frames, and the nearer frame (ties to
     the even one, like Python's ``round``) is the one returned, never an arbitrary neighbour.
+    ``frame_shape`` (the declared height, width, channels) refuses frames of another size:
+    delivered, they would mix sizes in a batch (or crash its collation far from the cause).
     """
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
     snapped = np.round(query * fps) / fps
@@ -340,5 +344,10 @@ def decode_episode_frames(
             f"query at {query[i]:.6f}s (episode timestamp {float(timestamps[i]):.6f}s) decoded "
             f"a frame at {pts[i]:.6f}s, {diff[i]:.6f}s away (tolerance_s={tolerance_s}); "
             "the video and the episode index disagree"
+        )
+    wrong = checks.frame_size(tuple(data.shape[1:]), frame_shape)
+    if wrong is not None:
+        raise VideoDecodeError(
+            f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: {wrong}"
         )
     return data

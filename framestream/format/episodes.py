@@ -154,3 +154,23 @@ def load_episode_index(source: Source, video_keys: list[str]) -> EpisodeIndex:
             f"but length = {int(index.length[bad[0]])}"
         )
     return index
+
+
+def overlapping_ranges(index: EpisodeIndex) -> list[tuple[int, int]]:
+    """Pairs of episodes whose global ``[dataset_from_index, dataset_to_index)`` ranges overlap.
+
+    Why: a global ``index`` names one frame of the dataset; two episodes claiming the same
+    indices make every lookup by index (and every sample's ``index``) ambiguous.
+    """
+    order = np.argsort(index.from_index, kind="stable").tolist()
+    out: list[tuple[int, int]] = []
+    reach, owner = None, None  # the furthest to_index so far, and its episode
+    for row in order:
+        lo, hi = int(index.from_index[row]), int(index.to_index[row])
+        if hi <= lo:
+            continue  # an empty range overlaps nothing
+        if reach is not None and lo < reach:
+            out.append((int(index.episode_index[owner]), int(index.episode_index[row])))
+        if reach is None or hi > reach:
+            reach, owner = hi, row
+    return out

@@ -14,7 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from framestream._errors import DatasetFormatError
-from framestream.format.episodes import EPISODES_DIR, EpisodeIndex, load_episode_index
+from framestream.format.episodes import (
+    EPISODES_DIR,
+    EpisodeIndex,
+    load_episode_index,
+    overlapping_ranges,
+)
 from framestream.format.lerobot_meta import InfoDict, LeRobotMetaSurface, stats_to_numpy
 from framestream.io.source import Source
 
@@ -114,7 +119,8 @@ class DatasetMeta(LeRobotMetaSurface):
 
     Loaded once per process (and pickled to DataLoader workers as plain arrays).
     ``check_totals=False`` accepts ``info.json`` totals that disagree with the episodes index
-    (``framestream validate`` reports them instead); the readers never need them.
+    (the readers never need them) and overlapping global index ranges: ``framestream
+    validate`` reports both instead.
     """
 
     def __init__(
@@ -143,6 +149,7 @@ class DatasetMeta(LeRobotMetaSurface):
         self.tasks: dict[int, str] = self._load_tasks()
         if check_totals:
             self._validate_totals()
+            self._validate_index_ranges()
         self._stats: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- info.json
@@ -214,6 +221,20 @@ class DatasetMeta(LeRobotMetaSurface):
                     f"total_frames is {self.info['total_frames']} but the episodes' lengths "
                     f"sum to {frames}"
                 )
+            )
+
+    def _validate_index_ranges(self) -> None:
+        pairs = overlapping_ranges(self.episodes)
+        if pairs:
+            a, b = pairs[0]
+            eps = self.episodes
+            ra, rb = eps.row(a), eps.row(b)
+            more = f" ({len(pairs)} overlapping pairs)" if len(pairs) > 1 else ""
+            raise DatasetFormatError(
+                f"{self.source.describe(EPISODES_DIR)}: the global index ranges of episode {a} "
+                f"(dataset_from_index {int(eps.from_index[ra])} .. dataset_to_index "
+                f"{int(eps.to_index[ra])}) and episode {b} ({int(eps.from_index[rb])} .. "
+                f"{int(eps.to_index[rb])}) overlap{more}: a global index would name two frames"
             )
 
     # ----------------------------------------------------------------- tasks

@@ -56,9 +56,10 @@ def _column_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> Any:
 class TableReader:
     """Reads episodes' rows; holds at most ``capacity`` open parquet files."""
 
-    def __init__(self, meta: DatasetMeta, *, capacity: int = 4) -> None:
+    def __init__(self, meta: DatasetMeta, *, capacity: int = 4, tolerance_s: float = 1e-4) -> None:
         self.meta = meta
         self.capacity = capacity
+        self.tolerance_s = tolerance_s  # for the timestamp check (the readers' tolerance)
         self._files: OrderedDict[str, tuple[Any, pq.ParquetFile, dict[int, int] | None]] = (
             OrderedDict()
         )
@@ -113,6 +114,9 @@ class TableReader:
         length = int(meta.episodes.length[row])
         pf, groups = self._open(rel)
         problem = checks.missing_columns(pf.schema_arrow.names, self.columns)
+        problem = problem or next(
+            iter(checks.column_types(pf.schema_arrow, meta, self.columns).values()), None
+        )
         if problem:
             raise problem.error(where, episode)
         try:
@@ -145,6 +149,9 @@ class TableReader:
         problem = checks.global_index(cols["index"], from_index, length)
         for name in self._floats:
             problem = problem or checks.nan_values(name, cols[name], length)
+        # Why: the timestamps are the decoders' queries; trusted, an off column would give
+        # every sample another frame (or the next episode's), silently and within tolerance.
+        problem = problem or checks.timestamps(cols["timestamp"], meta.fps, self.tolerance_s)
         if problem:
             raise problem.error(where, episode)
         return EpisodeData(episode=episode, length=length, from_index=from_index, columns=cols)

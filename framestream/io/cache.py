@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import itertools
 import json
+import logging
 import os
 import threading
 import time
@@ -41,6 +42,10 @@ from typing import Any
 from framestream._errors import SourceError
 
 DEFAULT_MAX_BYTES = 20 * 2**30
+
+_log = logging.getLogger("framestream")
+# A full disk (or quota): the file is read in place instead, as when the cache's limit is met.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # The counters a source publishes; names as they appear in ``stats()``.
 IO_FIELDS = (
@@ -71,7 +76,8 @@ class RemoteInfo:
 
 
 class CacheFullError(Exception):
-    """No room can be made (the file is larger than the cache, or the rest is pinned)."""
+    """No room can be made (the file is larger than the cache, the rest is pinned, or the
+    cache's disk is full); the caller reads the file in place instead."""
 
 
 class IOCounters:
@@ -219,6 +225,30 @@ class ByteCache:
         created at that size) and raises if it cannot. Raises :class:`CacheFullError` when the
         file cannot be given room; the caller then reads it remotely instead.
         """
+        try:
+            return self._acquire(key, suffix, remote_info, fetch, describe)
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE:
+                raise
+            raise self._disk_full(describe, exc) from exc
+
+    def _disk_full(self, describe: str, exc: OSError) -> CacheFullError:
+        """The error for a full cache disk, logged once per cache (it is the disk's fault,
+        never the dataset's: the file is read in place, counted as ``byte_cache_bypass``)."""
+        msg = f"{describe}: no space left on the cache's disk ({self.root}: {exc.strerror})"
+        if not getattr(self, "_warned_full", False):
+            self._warned_full = True
+            _log.warning("framestream: %s; reading such files in place (uncached)", msg)
+        return CacheFullError(msg)
+
+    def _acquire(
+        self,
+        key: str,
+        suffix: str,
+        remote_info: Callable[[bool], RemoteInfo | None],
+        fetch: Callable[[str, RemoteInfo], None],
+        describe: str,
+    ) -> CachedFile:
         deadline = time.monotonic() + self.lock_timeout_s
         for _ in range(4):
             fd = self._lock_fd(key)
@@ -294,8 +324,12 @@ class ByteCache:
                 with contextlib.suppress(FileNotFoundError):
                     self.data_path(key, suffix).unlink()
                 mtmp = self._tmp / f"{key}.{os.getpid()}.{next(self._seq)}.meta.json"
-                mtmp.write_text(json.dumps(meta))
-                os.replace(mtmp, self._meta_path(key))
+                try:
+                    mtmp.write_text(json.dumps(meta))
+                    os.replace(mtmp, self._meta_path(key))
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        mtmp.unlink()
                 os.replace(tmp, self.data_path(key, suffix))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -323,9 +357,37 @@ class ByteCache:
                         f"{used} held by files in use)"
                     )
             tmp = self._tmp / f"{key}.{os.getpid()}.{next(self._seq)}.part"
-            with open(tmp, "wb") as f:
-                f.truncate(size)  # the reservation: counted at full size from now on
+            try:
+                self._allocate(tmp, size)  # counted at full size from now on
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                raise
         return tmp
+
+    def _allocate(self, tmp: Path, size: int) -> None:
+        """Create ``tmp`` holding ``size`` bytes of real disk space (not a sparse file).
+
+        Why: a sparse reservation succeeds on a full disk and the download then fails
+        halfway with ENOSPC. ``posix_fallocate`` refuses at once (ENOSPC, raised to
+        :meth:`acquire`, which reads the file in place instead). Where the filesystem cannot
+        allocate, its free space is checked instead.
+        """
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            if size > 0:
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                    return
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise
+                st = os.fstatvfs(fd)
+                if st.f_bavail * st.f_frsize < size:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
 
     def _scan(self, own_key: str) -> tuple[int, list[tuple[int, str, int]]]:
         used, entries = 0, []

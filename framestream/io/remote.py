@@ -61,6 +61,17 @@ class _ShortReadError(OSError):
     """A byte range came back shorter or longer than asked: truncated object or transfer."""
 
 
+def is_hub_repo_id(path: str) -> bool:
+    """``org/name`` that cannot be a local path: exactly two parts, no leading ``/ . ~``, and
+    the first part is not an existing local folder (``data/my_dataset`` beside a ``data/``
+    folder is a local dataset, existing or not: never a Hub lookup)."""
+    return (
+        "://" not in path
+        and bool(_HUB_ID.match(path))
+        and not os.path.exists(path.split("/", 1)[0])
+    )
+
+
 def resolve_url(url: str, revision: str | None = None) -> str:
     """The fsspec URL for a dataset root: Hub repo ids become ``hf://datasets/ID[@REV]``.
 
@@ -69,7 +80,7 @@ def resolve_url(url: str, revision: str | None = None) -> str:
     error to give one for any other kind of root, or one that disagrees with the URL's.
     """
     url = os.fspath(url)
-    if "://" not in url and _HUB_ID.match(url) and not os.path.exists(url):
+    if is_hub_repo_id(url):
         url = f"hf://datasets/{url}"
     if revision is None:
         return url

@@ -31,7 +31,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from framestream._errors import DatasetFormatError, SourceError
+from framestream._errors import DatasetFormatError, DatasetNotFoundError, SourceError
 from framestream.io.cache import (
     DEFAULT_MAX_BYTES,
     ByteCache,
@@ -92,6 +92,10 @@ class Source(RemoteReads):
         self.root: str = root.rstrip("/")
         self.protocol: str = self.protocol_of(fs)
         self.is_local = self.protocol in ("file", "local")
+        if self.is_local and not os.path.isdir(self.root):
+            # Say so at once: never a retried lookup, never a guess at the Hub.
+            what = "is a file, not a dataset folder" if os.path.exists(self.root) else "not found"
+            raise DatasetNotFoundError(f"no such local dataset folder: {self.url} ({what})")
         self.counters = IOCounters()
         self.cache: ByteCache | None = None
         if not self.is_local and self.cache_max_bytes != 0:

@@ -21,6 +21,7 @@ from framestream._errors import FramestreamError
 from framestream.decode import buffers as _buffers
 from framestream.decode.planar import to_planar
 from framestream.decode.video import DEPTH_PIX_FMT, DecoderCache, decode_episode_frames
+from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
 from framestream.stream.plan import Segment
@@ -120,6 +121,7 @@ class SegmentReader:
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
             pix_fmt=DEPTH_PIX_FMT if self.meta.features[key].is_depth else None,
+            frame_shape=declared_frame_shape(self.meta.features[key]),
         )
         arr = frames.numpy()
         h, w, c = arr.shape[1:]

@@ -99,7 +99,7 @@ class WorkerStream:
         opts, meta = spec.options, spec.meta
         self.readers: dict[int, SegmentReader] = {}
         self.counters = Counters()
-        self.tables = TableReader(meta)
+        self.tables = TableReader(meta, tolerance_s=opts.tolerance_s)
         self.decoders = DecoderCache(
             meta.source,
             capacity=opts.decoder_cache_size(len(meta.video_keys)),

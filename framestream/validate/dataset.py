@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from framestream._errors import FramestreamError
 from framestream.decode.video import resolve_backend
 from framestream.format import checks
+from framestream.format.episodes import overlapping_ranges
 from framestream.format.meta import INFO_PATH, TASKS_PATH, DatasetMeta
 from framestream.io.source import Source
 from framestream.validate.report import CHECKS, Problem, Report
@@ -135,17 +136,38 @@ class _Validator(VideoChecks):
                 f"{where}: episode {e} has length {int(eps.length[row])}",
                 episode=e,
             )
+        overlaps = overlapping_ranges(eps)
+        for a, b in overlaps:  # both episodes named: either may be the wrong one
+            ra, rb = eps.row(a), eps.row(b)
+            for e, other in ((a, b), (b, a)):
+                self.add(
+                    "error",
+                    "episode_index",
+                    f"{where}: episode {e}: its global index range overlaps episode {other}'s "
+                    f"(episode {a}: dataset_from_index {int(eps.from_index[ra])} .. "
+                    f"dataset_to_index {int(eps.to_index[ra])}; episode {b}: "
+                    f"{int(eps.from_index[rb])} .. {int(eps.to_index[rb])})",
+                    episode=e,
+                )
+        overlapping = {e for pair in overlaps for e in pair}
         order = np.argsort(eps.from_index, kind="stable")
         expected = 0
         for row in order.tolist():
             e, lo, hi = int(idx[row]), int(eps.from_index[row]), int(eps.to_index[row])
-            if lo != expected:
-                kind = "overlaps the previous episode" if lo < expected else "leaves a gap"
+            if lo > expected:
                 self.add(
                     "error",
                     "episode_index",
                     f"{where}: episode {e}: dataset_from_index is {lo}, expected {expected} "
-                    f"(global indices must be contiguous; this {kind})",
+                    "(global indices must be contiguous; this leaves a gap)",
+                    episode=e,
+                )
+            elif lo < expected and e not in overlapping:  # a zero-length range inside another
+                self.add(
+                    "error",
+                    "episode_index",
+                    f"{where}: episode {e}: dataset_from_index is {lo}, expected {expected} "
+                    "(global indices must be contiguous; this overlaps the previous episode)",
                     episode=e,
                 )
             expected = max(expected, hi)
@@ -217,7 +239,10 @@ class _Validator(VideoChecks):
                             file=rel,
                         )
                         continue
-                    table = pf.read(columns=wanted)
+                    mistyped = self._check_types(rel, pf.schema_arrow, required, by_file[rel])
+                    if mistyped & set(_ROW_COLUMNS):  # the row checks cannot read them
+                        continue
+                    table = pf.read(columns=[c for c in wanted if c not in mistyped])
             except (pa.ArrowException, OSError) as exc:
                 self.add(
                     "error",
@@ -227,7 +252,22 @@ class _Validator(VideoChecks):
                     file=rel,
                 )
                 continue
-            self._check_rows(rel, table, by_file[rel], floats)
+            self._check_rows(rel, table, by_file[rel], [f for f in floats if f not in mistyped])
+
+    def _check_types(
+        self, rel: str, schema: pa.Schema, columns: list[str], episodes: list[int]
+    ) -> set[str]:
+        """Columns stored with another kind of dtype than info.json's (reported); their names."""
+        found = checks.column_types(schema, self.meta, columns)
+        for problem in found.values():
+            self.add(
+                "error",
+                problem.check,
+                f"{self.where(rel)}: {problem.message}; affects {_episodes_text(episodes)}",
+                file=rel,
+                episode=episodes[0] if len(episodes) == 1 else None,
+            )
+        return set(found)
 
     def _check_rows(
         self, rel: str, table: pa.Table, episodes: list[int], floats: list[str]

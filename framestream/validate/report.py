@@ -21,7 +21,8 @@ CHECKS = (
     "episode_index",  # dataset_from/to_index not contiguous, odd episode numbering
     "missing_file",  # a data or video file the episodes index points to does not exist
     "data",  # data parquet unreadable, or rows disagree with the episodes index
-    "nan",  # NaN in a float feature
+    "dtype",  # a column stored as another kind than info.json's dtype (string for float32...)
+    "nan",  # NaN or Inf in a float feature
     "task",  # task string not UTF-8, missing, or a task_index without a task
     "video_range",  # from/to_timestamp inconsistent with the episode length or neighbours
     "video_file",  # a video that cannot be opened (truncated, not a video)

@@ -10,6 +10,8 @@ import numpy as np
 
 from framestream._errors import VideoDecodeError
 from framestream.decode.video import DecoderCache, decode_episode_frames
+from framestream.format import checks
+from framestream.format.checks import declared_frame_shape
 from framestream.validate.report import Checker
 from framestream.validate.report import episodes_text as _episodes_text
 
@@ -155,13 +157,15 @@ class VideoChecks(Checker):
                 file=rel,
                 camera=key,
             )
-        if len(shape) == 3 and (height, width) != (shape[0], shape[1]):
+        hwc = declared_frame_shape(meta.features[key])
+        if hwc is not None and (height, width) != hwc[:2]:
             self.add(
                 "error",
                 "shape",
                 f"{where}: camera {key!r}: the video is {height}x{width} (HxW) but info.json "
-                f"declares shape {list(shape)}",
+                f"declares shape {list(shape)}; affects {_episodes_text(episodes)}",
                 file=rel,
+                episode=episodes[0] if len(episodes) == 1 else None,
                 camera=key,
             )
         vid, fps = meta.episodes.videos[key], meta.fps
@@ -198,7 +202,7 @@ class VideoChecks(Checker):
         meta = self.meta
         cache = DecoderCache(self.source, capacity=2, backend=self.backend)
         decoded = 0
-        shape_reported: set[str] = set()
+        shape_reported: set[tuple[str, str]] = set()
         try:
             for key in meta.video_keys:
                 shape = meta.features[key].shape
@@ -222,7 +226,7 @@ class VideoChecks(Checker):
         rel: str,
         e: int,
         shape: tuple[int, ...],
-        shape_reported: set[str],
+        shape_reported: set[tuple[str, str]],
     ) -> int:
         meta = self.meta
         row = meta.episodes.row(e)
@@ -254,16 +258,17 @@ class VideoChecks(Checker):
                 camera=key,
             )
             return 0
-        h, w = int(frames.shape[1]), int(frames.shape[2])  # decoders return NHWC
-        if len(shape) == 3 and (h, w) != (shape[0], shape[1]) and key not in shape_reported:
-            shape_reported.add(key)
-            if not any(p.camera == key for p in self.report.find("shape")):
+        # decoders return NHWC; a file already reported (by its stream's size) is not again
+        wrong = checks.frame_size(tuple(frames.shape[1:]), declared_frame_shape(meta.features[key]))
+        if wrong is not None and (key, rel) not in shape_reported:
+            shape_reported.add((key, rel))
+            if not any(p.camera == key and p.file == rel for p in self.report.find("shape")):
                 self.add(
                     "error",
                     "shape",
-                    f"{self.where(rel)}: camera {key!r}: decoded frames are {h}x{w} (HxW) but "
-                    f"info.json declares shape {list(shape)}",
+                    f"{self.where(rel)}: camera {key!r}: {wrong}; affects episode {e}",
                     file=rel,
+                    episode=e,
                     camera=key,
                 )
         return len(ends)
