@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from framestream._errors import DatasetNotFoundError
+from framestream.io.remote import is_hub_repo_id
+
 __all__ = [
     "IGNORED",
     "check_ignored",
