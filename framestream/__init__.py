@@ -10,6 +10,8 @@ The public surface is small; everything in a ``_module`` is private.
 - :class:`RemoteOptions`: timeouts, retries and fetch sizes for remote sources.
 - :class:`DatasetConfig` / :func:`make_dataset`: build either dataset from a YAML/JSON config.
 - :func:`generate_synthetic_dataset`: a valid v3.0 dataset with identifiable frames.
+- :func:`yuv_to_rgb`: torchcodec's exact RGB from ``pixel_format="yuv420"`` batches, on any
+  device.
 """
 
 from framestream._errors import (
@@ -26,6 +28,7 @@ from framestream.batch.collate import collate
 from framestream.config import DatasetConfig, make_dataset
 from framestream.datasets.map_style import MapDataset
 from framestream.datasets.streaming import StreamingLeRobotDataset, merge_states
+from framestream.decode.yuv import yuv_to_rgb
 from framestream.format.meta import DatasetMeta
 from framestream.io.remote import RemoteOptions
 from framestream.stream.options import StreamOptions
@@ -63,4 +66,5 @@ __all__ = [
     "generate_synthetic_dataset",
     "make_dataset",
     "merge_states",
+    "yuv_to_rgb",
 ]

@@ -58,22 +58,32 @@ def _own(default: Any, doc: str, *, minimum: float | None = None, factory: Any =
 # Where and what to read, and which dataset class: the fields that are not stream options.
 _OWN_FIELDS: list[tuple[str, Any, Any]] = [
     ("root", str | None, _own(None, "a local folder or an fsspec URL (s3://, http(s)://, hf://)")),
-    ("repo_id", str | None, _own(
-        None, "a Hub dataset (user/name), read as hf://datasets/<repo_id> when root is unset"
-    )),
+    (
+        "repo_id",
+        str | None,
+        _own(None, "a Hub dataset (user/name), read as hf://datasets/<repo_id> when root is unset"),
+    ),
     ("revision", str | None, _own(None, "the Hub revision (branch, tag or commit)")),
     ("episodes", list[int] | None, _own(None, "the episodes to read (default: all)")),
-    ("delta_timestamps", dict[str, list[float]] | None, _own(
-        None, "{key: [seconds, ...]} windows, each delta a multiple of 1/fps"
-    )),
+    (
+        "delta_timestamps",
+        dict[str, list[float]] | None,
+        _own(None, "{key: [seconds, ...]} windows, each delta a multiple of 1/fps"),
+    ),
     ("storage_options", dict[str, Any], _own(None, "passed to fsspec", factory=dict)),
     ("cache_dir", str | None, _own(None, "the local byte cache of remote files")),
-    ("cache_max_bytes", int | None, _own(
-        None, "the byte cache's size (default 20 GiB); 0 reads remote files in place", minimum=0
-    )),
-    ("remote_options", dict[str, Any], _own(
-        None, "timeouts, retries, fetch sizes (RemoteOptions fields)", factory=dict
-    )),
+    (
+        "cache_max_bytes",
+        int | None,
+        _own(
+            None, "the byte cache's size (default 20 GiB); 0 reads remote files in place", minimum=0
+        ),
+    ),
+    (
+        "remote_options",
+        dict[str, Any],
+        _own(None, "timeouts, retries, fetch sizes (RemoteOptions fields)", factory=dict),
+    ),
     ("streaming", bool, _own(True, "build the streaming dataset (else the map-style one)")),
     ("rank", int | None, _own(None, "None: from Accelerate, torch.distributed, RANK")),
     ("world_size", int | None, _own(None, "None: from Accelerate, torch.distributed, WORLD_SIZE")),
@@ -210,8 +220,6 @@ class _ConfigMethods:
         return cfg.with_overrides(overrides)
 
 
-
-
 def _docstring(fields: list[tuple[str, Any, Any]]) -> str:
     lines = ["What to read and how to stream it.", "", "Attributes:"]
     for name, _, f in fields:
@@ -227,6 +235,7 @@ DatasetConfig = dataclasses.make_dataclass(
     bases=(_ConfigMethods,),
     namespace={"__doc__": _docstring(_FIELDS), "__module__": __name__},
 )
+
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separate ``--dataset.k=v`` / ``--dataset.k v`` arguments from the rest of ``argv``.

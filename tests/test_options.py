@@ -55,9 +55,10 @@ def test_config_fields_come_from_the_options():
         assert cfg_field.default == f.default
         assert cfg_field.metadata["doc"] == f.metadata["doc"]
     assert DatasetConfig(streaming_buffer_size=7).stream_options().buffer_size == 7
-    assert "reservoir" in option_docs()["buffer_size"] and "default: 1000" in option_docs()[
-        "buffer_size"
-    ]
+    assert (
+        "reservoir" in option_docs()["buffer_size"]
+        and "default: 1000" in option_docs()["buffer_size"]
+    )
 
 
 def test_dataset_takes_options_and_keywords(small_root):

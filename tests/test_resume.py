@@ -129,13 +129,21 @@ def test_resume_across_an_epoch_boundary(meta, num_workers):
     assert head + resumed.take() == want1
 
 
-def test_state_saved_after_the_epoch_ended_continues_with_the_next(meta):
+def test_state_saved_after_the_epoch_ended_means_that_epoch_is_done(meta):
     run = Run(meta, 0, 1, 0)
     epoch0 = run.take()
     assert sorted(epoch0) == list(range(meta.total_frames))
-    resumed = Run(meta, 0, 1, 0, state=run.state())
-    assert resumed.ds.epoch == 1
-    assert resumed.take() == full_epoch(meta, 0, 1, 0, epoch=1)
+    state = run.state()
+    # the loop is still in epoch 0 (set_epoch(0) before the load): an empty pass, then epoch 1
+    resumed = Run(meta, 0, 1, 0, state=state)
+    assert resumed.take() == []
+    resumed.ds.set_epoch(1)
+    assert [i for b in plain(resumed.ds, 0) for i in ids(b)] == full_epoch(meta, 0, 1, 0, epoch=1)
+    # no set_epoch at all (a step-based loop): the next pass is epoch 1
+    ds = make(meta)
+    ds.load_state_dict(state)
+    assert ds.epoch == 1
+    assert [i for b in plain(ds, 0) for i in ids(b)] == full_epoch(meta, 0, 1, 0, epoch=1)
 
 
 def test_state_is_small_and_versioned(meta, small_root):

@@ -17,8 +17,9 @@ TOTAL = 17 + 4 + 30
 
 
 def config(shuffle=True, active=2, buffer=8, warmup=3):
-    return ScheduleConfig(shuffle=shuffle, active_shards=active, buffer_size=buffer,
-                          shuffle_warmup=warmup)
+    return ScheduleConfig(
+        shuffle=shuffle, active_shards=active, buffer_size=buffer, shuffle_warmup=warmup
+    )
 
 
 def drain(s: Schedule, n: int = 10**9) -> list[tuple[int, int]]:
@@ -71,8 +72,12 @@ def test_save_load_harness(shuffle):
         return s
 
     check_save_load(
-        Resumable(lambda: Schedule(SEGMENTS, config(shuffle), [5]), take,
-                  lambda s: s.state_dict(), restore),
+        Resumable(
+            lambda: Schedule(SEGMENTS, config(shuffle), [5]),
+            take,
+            lambda s: s.state_dict(),
+            restore,
+        ),
         stops=[0, 1, 2, 3, 10, 25, TOTAL - 1, TOTAL],
         total=TOTAL,
     )

@@ -1,5 +1,10 @@
 """The decode ceiling: how fast this node decodes the same mp4s sequentially, all cores busy.
 
+Two figures, same files, same cores, one single-threaded decoder per process: the RGB
+ceiling (torchcodec's sequential RGB decode, what a loader that delivers RGB is measured
+against) and the decode-only limit (PyAV decoding frames and dropping them, no colour
+conversion and no copy: what any loader of these files could reach at most, RGB or YUV).
+
 Why: samples/s alone says nothing about how close a loader gets to what the hardware can do;
 the ceiling is the yardstick the targets are fractions of. It is measured once per node, while
 no rank streams, on local copies of the files (a remote source is copied first, untimed).
@@ -80,8 +85,45 @@ def _ceiling_worker(
         out.put((index, 0, 0.0, 0, f"{type(exc).__name__}: {exc}"))
 
 
+def _decode_only_worker(
+    index: int, paths: list[str], seconds: float, chunk: int, barrier: Any, out: Any
+) -> None:
+    """Decode whole files in order with PyAV, one thread, frames dropped unconverted."""
+    del chunk
+    try:
+        import av
+
+        _widen_affinity()
+        with av.open(paths[index % len(paths)]) as c:
+            next(c.decode(video=0))
+        barrier.wait(timeout=300)
+        frames = files = 0
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        k = index
+        while time.perf_counter() < deadline:
+            with av.open(paths[k % len(paths)]) as c:
+                stream = c.streams.video[0]
+                stream.thread_count = 1
+                for _ in c.decode(stream):
+                    frames += 1
+                    if frames % 16 == 0 and time.perf_counter() >= deadline:
+                        break
+                else:
+                    files += 1
+            k += 1
+        out.put((index, frames, time.perf_counter() - t0, files, None))
+    except Exception as exc:
+        out.put((index, 0, 0.0, 0, f"{type(exc).__name__}: {exc}"))
+
+
 def measure_ceiling(
-    paths: Sequence[str], *, processes: int | None = None, seconds: float = 10.0, chunk: int = 32
+    paths: Sequence[str],
+    *,
+    processes: int | None = None,
+    seconds: float = 10.0,
+    chunk: int = 32,
+    kind: str = "rgb",
 ) -> dict[str, Any]:
     """Sequential torchcodec decode rate of ``paths`` on this machine, all cores busy.
 
@@ -89,7 +131,12 @@ def measure_ceiling(
     ``os.cpu_count()`` unless a cpuset restricts the job) processes each hold one single-threaded
     decoder and decode whole files front to back (starting at different files, cycling), for
     ``seconds`` after a common start barrier. The ceiling is the sum of their frames/s.
+    ``kind="decode"`` measures the decode-only limit instead (PyAV, no conversion), under
+    the keys ``decode_only_*``.
     """
+    if kind not in ("rgb", "decode"):
+        raise ValueError(f"kind must be 'rgb' or 'decode', got {kind!r}")
+    target = _ceiling_worker if kind == "rgb" else _decode_only_worker
     import multiprocessing as mp
 
     paths = [str(p) for p in paths]
@@ -102,8 +149,7 @@ def measure_ceiling(
     ctx = mp.get_context(method)
     barrier, out = ctx.Barrier(n), ctx.Queue()
     procs = [
-        ctx.Process(target=_ceiling_worker, args=(i, paths, seconds, chunk, barrier, out))
-        for i in range(n)
+        ctx.Process(target=target, args=(i, paths, seconds, chunk, barrier, out)) for i in range(n)
     ]
     for p in procs:
         p.start()
@@ -120,6 +166,14 @@ def measure_ceiling(
     if errors:
         raise RuntimeError(f"ceiling measurement failed: {errors[0]}")
     per_proc = [r[1] / r[2] if r[2] > 0 else 0.0 for r in sorted(results)]
+    if kind == "decode":
+        return {
+            "decode_only_frames_per_s": float(sum(per_proc)),
+            "decode_only_processes": n,
+            "decode_only_per_process_frames_per_s": [round(x, 1) for x in per_proc],
+            "decode_only_frames": int(sum(r[1] for r in results)),
+            "decode_only_seconds": seconds,
+        }
     return {
         "ceiling_frames_per_s": float(sum(per_proc)),
         "ceiling_processes": n,
@@ -174,6 +228,14 @@ def ceiling_for_node(
             result = measure_ceiling(
                 paths, processes=cfg.ceiling_processes, seconds=cfg.ceiling_seconds
             )
+            if cfg.decode_limit:
+                say("decode-only limit: PyAV, no colour conversion, same files and processes")
+                result |= measure_ceiling(
+                    paths,
+                    processes=cfg.ceiling_processes,
+                    seconds=cfg.ceiling_seconds,
+                    kind="decode",
+                )
     if info.active:
         gathered: list[Any] = [None] * info.world_size
         dist.all_gather_object(gathered, (socket.gethostname(), info.local_rank, result))

@@ -53,6 +53,10 @@ class BenchConfig:
     ceiling_seconds: float = 10.0
     ceiling_each: bool = False  # measure the ceiling right after every run, not once
     ceiling_processes: int | None = None
+    decode_limit: bool = True  # with the ceiling: also the decode-only limit (PyAV, no RGB)
+    compare_lerobot: str | None = None  # a Python with LeRobot: also run LeRobot's loaders
+    lerobot_loaders: list[str] = field(default_factory=lambda: ["map", "streaming"])
+    pixel_format: str = "rgb"
     storage_options: dict[str, Any] = field(default_factory=dict)
     source: str = "local"
     revision: str | None = None
@@ -198,6 +202,35 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="default: one per CPU usable on the node (os.cpu_count() unless a cpuset "
         "restricts the job)",
+    )
+    p.add_argument(
+        "--no-decode-limit",
+        dest="decode_limit",
+        action="store_false",
+        help="with --ceiling: skip the decode-only limit (PyAV decoding without colour "
+        "conversion, same files and processes), measured by default beside the RGB ceiling",
+    )
+    p.add_argument(
+        "--pixel-format",
+        choices=("rgb", "yuv420"),
+        default="rgb",
+        help="cameras as RGB (default) or I420 planes (StreamOptions.pixel_format; the "
+        "consumer converts nothing: the figures are the loader's)",
+    )
+    p.add_argument(
+        "--compare-lerobot",
+        metavar="PYTHON",
+        help="the Python of an environment with LeRobot installed: after each framestream run, "
+        "run LeRobot's loaders (--lerobot-loaders) there on the same dataset, mode, workers "
+        "and batch size, and report framestream's samples/s ratio to each",
+    )
+    p.add_argument(
+        "--lerobot-loaders",
+        nargs="+",
+        choices=("map", "streaming"),
+        default=["map", "streaming"],
+        help="map: LeRobotDataset through a shuffling DataLoader; streaming: "
+        "StreamingLeRobotDataset (max_num_shards = workers, at least 1)",
     )
     p.add_argument(
         "--storage-options",

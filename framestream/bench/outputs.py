@@ -82,6 +82,20 @@ CSV_FIELDS = (
     "delivered_vs_ceiling",
     "decoded_vs_ceiling",
     "sample_frames_vs_ceiling",
+    "decode_only_frames_per_s",
+    "ceiling_vs_decode_only",
+    "delivered_vs_decode_only",
+    "sample_frames_vs_decode_only",
+    "pixel_format",
+    "lerobot_map_samples_per_s",
+    "vs_lerobot_map",
+    "lerobot_streaming_samples_per_s",
+    "vs_lerobot_streaming",
+    "lerobot_best_loader",
+    "lerobot_best_samples_per_s",
+    "vs_lerobot_best",
+    "lerobot_map_error",
+    "lerobot_streaming_error",
     "target",
     "meets_target",
     "load_avg_start",
@@ -221,6 +235,36 @@ def format_summary(r: Mapping[str, Any]) -> str:
                 ),
             ),
         ]
+    if r.get("decode_only_frames_per_s"):
+        rows += [
+            (
+                "decode-only limit",
+                f"{_fmt(r['decode_only_frames_per_s'])} frames/s (PyAV, no colour conversion; "
+                f"RGB ceiling = {pct(r.get('ceiling_vs_decode_only'))} of it)",
+            ),
+            ("samples x cameras / limit", pct(r.get("sample_frames_vs_decode_only"))),
+        ]
+    for name in ("map", "streaming"):
+        if name not in (r.get("lerobot_runs") or {}):
+            continue
+        err = r.get(f"lerobot_{name}_error")
+        rate = r.get(f"lerobot_{name}_samples_per_s")
+        rows.append(
+            (
+                f"LeRobot {name}",
+                f"FAILED: {str(err).splitlines()[0][:160]}"
+                if err
+                else f"{_fmt(rate)} samples/s; framestream = "
+                f"{_fmt(r.get(f'vs_lerobot_{name}'), 'x', 2)}",
+            )
+        )
+    if r.get("vs_lerobot_best") is not None:
+        rows.append(
+            (
+                "vs LeRobot's best",
+                f"{_fmt(r['vs_lerobot_best'], 'x', 2)} (best: {r['lerobot_best_loader']})",
+            )
+        )
     for note in r.get("notes") or []:
         rows.append(("note", note))
     width = max(len(k) for k, _ in rows)

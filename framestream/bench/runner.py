@@ -18,6 +18,7 @@ import numpy as np
 from framestream.bench.ceiling import ceiling_for_node
 from framestream.bench.config import TARGETS, BenchConfig, effective_warmup
 from framestream.bench.dist import DistInfo, detect_dist, gather_node_sums, init_dist
+from framestream.bench.lerobot_compare import comparison_fields
 from framestream.bench.measure import percentiles, stream_timed
 from framestream.bench.shuffle import expected_distinct_episodes
 from framestream.bench.system import load_avg, load_serve, machine, versions
@@ -39,9 +40,10 @@ def _label(mode: str, cfg: BenchConfig) -> str:
     contiguous cameras deinterleaved by numpy (no OpenCV, or ``FRAMESTREAM_OPENCV=0``)."""
     from framestream.decode.planar import backend
 
-    numpy_planar = not cfg.channels_last and backend() == "numpy"
+    numpy_planar = not cfg.channels_last and backend() == "numpy" and cfg.pixel_format == "rgb"
     return (
         mode
+        + ("-yuv" if cfg.pixel_format == "yuv420" else "")
         + ("-cl" if cfg.channels_last else "")
         + ("-dc" if cfg.collate == "default" else "")
         + ("-np" if numpy_planar else "")
@@ -138,6 +140,43 @@ def run_benchmark(
     return run_benchmarks([cfg], progress=(lambda _c: progress), log=log)[0]
 
 
+def _compare_lerobot(
+    cfg: BenchConfig,
+    root: str,
+    deltas: dict[str, list[float]] | None,
+    warmup: int,
+    samples_per_s: float,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """LeRobot's loaders on the same dataset and window, right after framestream's run."""
+    from framestream.bench.lerobot_compare import (
+        LEROBOT_WARMUP_BATCHES,
+        comparison_fields,
+        run_lerobot_loader,
+    )
+
+    runs = {}
+    for loader in cfg.lerobot_loaders:
+        say(f"LeRobot {loader}: mode={cfg.mode} workers={cfg.num_workers} ({cfg.compare_lerobot})")
+        r = run_lerobot_loader(
+            str(cfg.compare_lerobot),
+            root=root,
+            loader=loader,
+            delta_timestamps=deltas or None,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            max_batches=cfg.max_batches,
+            seconds=cfg.seconds,
+            warmup_batches=min(warmup, LEROBOT_WARMUP_BATCHES),
+            seed=cfg.seed,
+            timeout=cfg.loader_timeout * 3,
+        )
+        if r.get("error"):
+            say(f"LeRobot {loader} failed: {str(r['error']).splitlines()[0][:300]}")
+        runs[loader] = r
+    return comparison_fields(samples_per_s, runs)
+
+
 def _run_one(
     cfg: BenchConfig,
     session: _Session,
@@ -186,6 +225,7 @@ def _run_one(
         world_size=info.world_size,
         video_backend=cfg.video_backend,  # type: ignore[arg-type]
         decoder_threads=cfg.decoder_threads,
+        pixel_format=cfg.pixel_format,  # type: ignore[arg-type]
     )
     setup_s = time.perf_counter() - t_setup
     cameras = len(meta.camera_keys)
@@ -258,7 +298,12 @@ def _run_one(
             notes.append("decode ceiling measured once per invocation, by an earlier run")
         ceiling = session.ceiling
 
+    lerobot: dict[str, Any] = comparison_fields(samples_per_s, {})
+    if cfg.compare_lerobot and info.rank == 0:
+        lerobot = _compare_lerobot(cfg, local_root or root, deltas, warmup, samples_per_s, say)
+
     ceil_fps = ceiling.get("ceiling_frames_per_s")
+    limit_fps = ceiling.get("decode_only_frames_per_s")
     target = TARGETS.get(mode)
     sample_frames_node = (
         node["samples_per_s_node"] * cameras if node["samples_per_s_node"] is not None else None
@@ -337,6 +382,13 @@ def _run_one(
         "delivered_vs_ceiling": _ratio(node["frames_per_s_node"], ceil_fps),
         "decoded_vs_ceiling": _ratio(node["decoded_frames_per_s_node"], ceil_fps),
         "sample_frames_vs_ceiling": sample_vs,
+        "decode_only_frames_per_s": limit_fps,
+        "ceiling_vs_decode_only": _ratio(ceil_fps, limit_fps),
+        "delivered_vs_decode_only": _ratio(node["frames_per_s_node"], limit_fps),
+        "decoded_vs_decode_only": _ratio(node["decoded_frames_per_s_node"], limit_fps),
+        "sample_frames_vs_decode_only": _ratio(sample_frames_node, limit_fps),
+        "pixel_format": cfg.pixel_format,
+        **lerobot,
         "target": target,
         "meets_target": (sample_vs >= target) if (target and sample_vs is not None) else None,
         "stats_total": stats1,

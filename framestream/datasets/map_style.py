@@ -240,7 +240,7 @@ class MapDataset(torch.utils.data.Dataset):
             timestamps=ep.timestamps[uniq].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
-            pix_fmt=DEPTH_PIX_FMT if depth else None,
+            pixel_format=DEPTH_PIX_FMT if depth else "rgb",
             frame_shape=declared_frame_shape(self.meta.features[key]),
         )
         arr = frames.numpy()

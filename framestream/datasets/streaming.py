@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from framestream.datasets.common import Publisher, check_not_all_skipped, open_source
@@ -25,23 +23,19 @@ from framestream.datasets.lerobot_args import (
     lerobot_stream_options,
     resolve_location,
 )
+from framestream.datasets.resumable import Resumable
 from framestream.decode.buffers import per_process
 from framestream.format.meta import DatasetMeta
 from framestream.format.selection import select_episodes
 from framestream.io.source import RemoteOptions, Source
+from framestream.stream.epoch import SkipEvent
 from framestream.stream.options import StreamOptions
 from framestream.stream.plan import Plan, make_plan, resolve_rank
-from framestream.stream.resume import start_schedule
 from framestream.stream.sample import WindowSpec
-from framestream.stream.schedule import ScheduleConfig
 from framestream.stream.state import (
     STATE_VERSION,
-    DatasetState,
-    Fingerprint,
-    Progress,
     find_states,
     merge,
-    parse_state,
 )
 from framestream.stream.stats import StatsBoard
 from framestream.stream.worker import Layout, ReadSpec, WorkerStream
@@ -66,7 +60,9 @@ def _freeze_inherited_objects() -> bool:
 _freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
 
 
-class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.IterableDataset):
+class StreamingLeRobotDataset(
+    LeRobotStreamingSurface, Resumable, torch.utils.data.IterableDataset
+):
     """Stream a LeRobot v3.0 dataset: shuffled, split across ranks and workers, decoded once.
 
     Called as LeRobot 0.6.1's ``StreamingLeRobotDataset(repo_id, root=PATH, ...)`` or as
@@ -170,17 +166,12 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.Iterable
         self.image_transforms = image_transforms
         self._rank, self._world_size = rank, world_size
         self._board = StatsBoard()
-        self._stream: WorkerStream | None = None
-        self._pending: DatasetState | None = None
+        self._init_epoch_state()
 
     # --------------------------------------------------------------- public surface
     @property
     def fps(self) -> int:
         return self.meta.fps
-
-    @property
-    def epoch(self) -> int:
-        return self._board.epoch
 
     def __getattr__(self, name: str) -> Any:
         # Each option reads as an attribute too (``ds.buffer_size``), from the one options object.
@@ -192,10 +183,6 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.Iterable
     def video_decoder_cache_size(self) -> int:
         """Open decoders kept per worker (the option, or its default for this dataset)."""
         return self.options.decoder_cache_size(len(self.meta.video_keys))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration follows (seen by all workers)."""
-        self._board.epoch = int(epoch)
 
     def rank_and_world_size(self) -> tuple[int, int]:
         return resolve_rank(self._rank, self._world_size)
@@ -213,7 +200,16 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.Iterable
         epoch = self.epoch if epoch is None else epoch
         return self._plan(r if rank is None else rank, w, worker, num_workers, epoch)
 
-    def _plan(self, rank: int, world_size: int, worker: int, num_workers: int, epoch: int) -> Plan:
+    def _plan(
+        self,
+        rank: int,
+        world_size: int,
+        worker: int,
+        num_workers: int,
+        epoch: int,
+        *,
+        even_ranks: bool | None = None,
+    ) -> Plan:
         o = self.options
         return make_plan(
             self.episodes,
@@ -225,7 +221,7 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.Iterable
             world_size=world_size,
             worker=worker,
             num_workers=num_workers,
-            even_ranks=o.even_ranks,
+            even_ranks=o.even_ranks if even_ranks is None else even_ranks,
         )
 
     def num_samples(self, *, num_workers: int = 0) -> int:
@@ -265,32 +261,48 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.Iterable
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:
             _freeze_once()
-        rank, world_size = self.rank_and_world_size()
-        state = self._pending
+        slot = 0 if info is None else worker + 1
+        local, self._loaded_here = self._loaded_here, None
+        if local is not None and local.finished:
+            if local.epoch < self._clock.peek(slot, 0 if info is None else num_workers):
+                # A finished state of an epoch the loop moved past: torchdata restores worker
+                # states saved after a pass into an iterator it then discards. Not a pass.
+                return
+        started = self._clock.start(slot, 0 if info is None else num_workers)
+        epoch, state = started.epoch, None
+        if local is not None:
+            # Restored inside this worker (StatefulDataLoader): the state's epoch wins unless
+            # set_epoch() moved past it.
+            if local.epoch >= epoch:
+                state, epoch = local, local.epoch
+                self._clock.use_epoch(started.generation, epoch)
+        elif started.pending and self._pending is not None and self._pending.epoch == epoch:
+            state = self._pending  # a loaded state applies to one pass only
         if info is None:
-            self._pending = None  # consumed; in workers the main copy keeps it
-        epoch = self.epoch
-        if state is not None:
-            if state.epoch < epoch:
-                state = None  # set_epoch() moved past the saved epoch: a fresh epoch
-            else:
-                epoch = state.epoch
-        o = self.options
-        start = start_schedule(
-            state,
-            plan=lambda r, ws, w, nw: self._plan(r, ws, w, nw, epoch).segments,
-            config=ScheduleConfig(o.shuffle, o.active_shards, o.buffer_size, o.shuffle_warmup),
-            seed=o.seed,
-            epoch=epoch,
-            layout=(rank, world_size, worker, num_workers),
-        )
-        slot = (worker + 1) % self._board.slots
+            self._pending = None  # consumed (or outdated); in workers the clock says so
+        start = self._start(state, epoch, worker, num_workers)
+        layout = Layout(*self.rank_and_world_size(), start.worker, num_workers, epoch)
+        # skip events of this pass, re-recorded for the drops a progress state replayed
+        events = max(1, num_workers)
+        if state is not None and state.progress is not None:
+            done = state.progress.consumed[start.worker]
+            for w, emitted, rid, lost in state.progress.skips:
+                if w == start.worker and emitted < done:
+                    ev = SkipEvent(w, emitted, rid, lost)
+                    self._clock.record_skip(slot, epoch, events, ev)
+
+        def on_skip(emitted: int, rid: int, lost: int) -> None:
+            ev = SkipEvent(start.worker, emitted, rid, lost)
+            self._clock.record_skip(slot, epoch, events, ev)
+
+        stats_slot = (worker + 1) % self._board.slots
         stream = WorkerStream(
-            ReadSpec(self.meta, self.window, o, self.image_transforms),
+            ReadSpec(self.meta, self.window, self.options, self.image_transforms),
             start.schedule,
-            Layout(rank, world_size, start.worker, num_workers, epoch),
-            publish=Publisher(self._board, slot),
+            layout,
+            publish=Publisher(self._board, stats_slot),
             custom_segments=start.custom_segments,
+            on_skip=on_skip,
         )
         self._stream = stream
         try:
@@ -298,92 +310,6 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, torch.utils.data.Iterable
             check_not_all_skipped(stream, self.meta.source.url)
         finally:
             stream.close()
-
-    # --------------------------------------------------------------- state
-    def _fingerprint(self) -> Fingerprint:
-        digest = hashlib.sha1(np.asarray(self.episodes, dtype=np.int64).tobytes()).hexdigest()
-        o = self.options
-        return Fingerprint(
-            dataset={
-                "total_frames": int(self.meta.total_frames),
-                "num_episodes": len(self.episodes),
-                "episodes_sha1": digest,
-                "fps": self.meta.fps,
-            },
-            seed=o.seed,
-            shuffle=o.shuffle,
-            even_ranks=o.even_ranks,
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        """This process's stream position: kilobytes of references and cursors, no pixels.
-
-        Inside a DataLoader worker (torchdata's ``StatefulDataLoader`` calls it there) it is
-        that worker's position. Load it back with :meth:`load_state_dict` for an exact resume
-        (same world size and workers), or combine every rank's and worker's states with
-        :func:`merge_states` for an elastic one.
-        """
-        if self._stream is not None:
-            pos = self._stream.position()
-            state = DatasetState("stream", self._stream.layout.epoch, self._fingerprint(), (pos,))
-        elif self._pending is not None:
-            state = self._pending
-        else:
-            state = DatasetState("idle", self.epoch, self._fingerprint())
-        return state.to_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` at the next ``iter()`` of the state's epoch.
-
-        Accepts a single stream's state (:meth:`state_dict`), a merged state of all ranks and
-        workers (:func:`merge_states`; exact when the world size and workers match, elastic
-        otherwise), or a progress state (:meth:`progress_state`) for a plain DataLoader.
-        A state from another dataset, seed or framestream version is refused.
-        """
-        parsed = parse_state(state)
-        self._fingerprint().check(parsed.fingerprint)
-        if torch.utils.data.get_worker_info() is not None:
-            # Inside a DataLoader worker (StatefulDataLoader restores there): never move the
-            # epoch shared with the training process and the other workers.
-            self._pending = parsed
-            return
-        if parsed.finished:
-            # Saved after the epoch ended (StatefulDataLoader snapshots then too): go on with
-            # the next epoch rather than replaying an empty remainder.
-            self._pending = None
-            self.set_epoch(parsed.epoch + 1)
-            return
-        self._pending = parsed
-        self.set_epoch(parsed.epoch)
-
-    def progress_state(
-        self, *, batches: int, batch_size: int, num_workers: int, epoch: int | None = None
-    ) -> dict[str, Any]:
-        """A state for a plain ``torch.utils.data.DataLoader``, from batches consumed.
-
-        A plain DataLoader (``in_order=True``) takes batches from its workers round-robin,
-        skipping workers that ran out; from the number of batches the training loop consumed
-        this rebuilds how many samples each worker had delivered. Workers then fast-forward
-        their schedule (no decoding) and continue exactly where they stopped.
-        ``batches`` counts the epoch's batches from its start (earlier resumes included).
-        """
-        epoch = self.epoch if epoch is None else int(epoch)
-        nw = max(1, num_workers)
-        counts = [self.plan(worker=w, num_workers=nw, epoch=epoch).num_samples for w in range(nw)]
-        per_worker = [-(-c // batch_size) for c in counts]  # batches each worker will yield
-        consumed_batches = [0] * nw
-        left, w = int(batches), 0
-        while left > 0 and any(consumed_batches[i] < per_worker[i] for i in range(nw)):
-            if consumed_batches[w] < per_worker[w]:
-                consumed_batches[w] += 1
-                left -= 1
-            w = (w + 1) % nw
-        consumed = tuple(min(counts[i], consumed_batches[i] * batch_size) for i in range(nw))
-        # A fresh DataLoader starts its round-robin at worker 0: rotate the workers' roles so
-        # that physical worker 0 plays the worker whose batch was due next.
-        due = [i for i in [*range(w, nw), *range(w)] if consumed_batches[i] < per_worker[i]]
-        progress = Progress(num_workers, consumed, due[0] if due else 0)
-        return DatasetState("progress", epoch, self._fingerprint(), progress=progress).to_dict()
 
 
 def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -395,4 +321,3 @@ def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     size and workers, and elastically (no sample lost or repeated) on any other.
     """
     return merge(find_states(list(states))).to_dict()
-

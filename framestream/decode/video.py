@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from framestream._errors import TimestampToleranceError, VideoDecodeError
+from framestream.decode.memory import prepare_decoding_process
 from framestream.format import checks
 from framestream.io.source import Source
 
 VideoBackend = Literal["torchcodec", "pyav"]
+PixelFormat = Literal["rgb", "yuv420", "gray12le"]
 
 
 @functools.cache
@@ -173,14 +175,17 @@ def open_video(
     *,
     backend: VideoBackend,
     threads: int = 1,
-    pix_fmt: str | None = None,
+    pixel_format: PixelFormat = "rgb",
 ) -> VideoFile:
     """Open ``relative`` for decoding; a missing or unreadable file raises VideoDecodeError.
 
-    ``pix_fmt`` (e.g. ``"gray12le"`` for depth) decodes through PyAV in that pixel format,
-    as LeRobot does; None gives RGB through ``backend``.
+    ``pixel_format="yuv420"`` decodes with PyAV whatever ``backend`` says (torchcodec has no
+    YUV output) and returns I420 frames (:mod:`framestream.decode.yuv`).
+    ``pixel_format="gray12le"`` (depth, as LeRobot decodes it) decodes with PyAV into
+    ``(N, H, W, 1)`` uint16 12-bit codes.
     """
     where = source.describe(relative)
+    prepare_decoding_process()  # malloc settings, once per DataLoader worker
     try:
         # A remote file is read from its cached copy, pinned (never evicted) while open.
         pin = source.pin(relative)
@@ -191,8 +196,12 @@ def open_video(
     if source.is_local and not source.exists(relative):
         raise VideoDecodeError(f"{where}: video file not found")
     try:
-        if pix_fmt is not None:
-            video: VideoFile = _PyAVFile(src, threads, pix_fmt)
+        if pixel_format == "gray12le":
+            video: VideoFile = _PyAVFile(src, threads, "gray12le")
+        elif pixel_format == "yuv420":
+            from framestream.decode.yuv_video import PyAVYuvFile
+
+            video = PyAVYuvFile(_PyAVFile(src, threads))
         elif backend == "torchcodec":
             video = _TorchcodecFile(src, threads)
         else:
@@ -219,6 +228,10 @@ class _PinnedVideo:
     def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
         return self._video.frames_at(seconds)
 
+    @property
+    def colorspace(self) -> int | None:
+        return getattr(self._video, "colorspace", None)
+
     def close(self) -> None:
         try:
             self._video.close()
@@ -243,29 +256,40 @@ class DecoderCache:
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
 
-    def get(self, relative: str, *, pix_fmt: str | None = None) -> VideoFile:
+    def get(self, relative: str, pixel_format: PixelFormat = "rgb") -> VideoFile:
+        key = _cache_key(relative, pixel_format)
         with self._lock:
-            dec = self._open.get(relative)
+            dec = self._open.get(key)
             if dec is not None:
                 self.hits += 1
-                self._open.move_to_end(relative)
+                self._open.move_to_end(key)
                 return dec
             self.misses += 1
         dec = open_video(
-            self.source, relative, backend=self.backend, threads=self.threads, pix_fmt=pix_fmt
+            self.source,
+            relative,
+            backend=self.backend,
+            threads=self.threads,
+            pixel_format=pixel_format,
         )
         with self._lock:
-            self._open[relative] = dec
+            self._open[key] = dec
             while len(self._open) > self.capacity:
                 _, old = self._open.popitem(last=False)
                 old.close()
                 self.evictions += 1
         return dec
 
-    def discard(self, relative: str) -> None:
+    def colorspace(self, relative: str, pixel_format: PixelFormat = "yuv420") -> int | None:
+        """The ``AVColorSpace`` an open YUV decoder of ``relative`` found (None: not known)."""
+        with self._lock:
+            dec = self._open.get(_cache_key(relative, pixel_format))
+        return getattr(dec, "colorspace", None)
+
+    def discard(self, relative: str, pixel_format: PixelFormat = "rgb") -> None:
         """Close and drop a decoder (after an error, so a broken one is not reused)."""
         with self._lock:
-            dec = self._open.pop(relative, None)
+            dec = self._open.pop(_cache_key(relative, pixel_format), None)
         if dec is not None:
             dec.close()
 
@@ -288,6 +312,10 @@ class DecoderCache:
         }
 
 
+def _cache_key(relative: str, pixel_format: str) -> str:
+    return relative if pixel_format == "rgb" else f"{relative}|{pixel_format}"
+
+
 def decode_episode_frames(
     cache: DecoderCache,
     *,
@@ -298,7 +326,7 @@ def decode_episode_frames(
     timestamps: np.ndarray,
     tolerance_s: float,
     fps: float,
-    pix_fmt: str | None = None,
+    pixel_format: PixelFormat = "rgb",
     frame_shape: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Decode the frames at episode-relative ``timestamps`` (ascending) of one camera.
@@ -312,6 +340,7 @@ def decode_episode_frames(
     The frame asked for is frame ``round(query * fps)`` of the file, as LeRobot picks it: a
     large ``tolerance_s`` accepts a query between two frames, and the nearer frame (ties to
     the even one, like Python's ``round``) is the one returned, never an arbitrary neighbour.
+    ``pixel_format="yuv420"``: I420 ``(N, H*3/2, W)`` frames instead of RGB ``(N, H, W, 3)``.
     ``frame_shape`` (the declared height, width, channels) refuses frames of another size:
     delivered, they would mix sizes in a batch (or crash its collation far from the cause).
     """
@@ -319,18 +348,18 @@ def decode_episode_frames(
     snapped = np.round(query * fps) / fps
     nudge = min(tolerance_s, 0.25 / fps)  # inside the snapped frame, past rounding noise
     try:
-        dec = cache.get(relative, pix_fmt=pix_fmt)
+        dec = cache.get(relative, pixel_format)
     except VideoDecodeError as exc:
         raise VideoDecodeError(f"{exc} (camera {camera!r}, episode {episode})") from exc
     try:
         data, pts = dec.frames_at((snapped + nudge).tolist())
     except VideoDecodeError as exc:
-        cache.discard(relative)
+        cache.discard(relative, pixel_format)
         raise VideoDecodeError(
             f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: {exc}"
         ) from exc
     except Exception as exc:
-        cache.discard(relative)
+        cache.discard(relative, pixel_format)
         raise VideoDecodeError(
             f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: decoding "
             f"frames at {query[0]:.4f}..{query[-1]:.4f}s failed ({type(exc).__name__}: {exc})"
@@ -345,7 +374,10 @@ def decode_episode_frames(
             f"a frame at {pts[i]:.6f}s, {diff[i]:.6f}s away (tolerance_s={tolerance_s}); "
             "the video and the episode index disagree"
         )
-    wrong = checks.frame_size(tuple(data.shape[1:]), frame_shape)
+    shape = tuple(data.shape[1:])
+    if pixel_format == "yuv420":  # I420 (H*3/2, W): the RGB frame it stands for is (H, W, 3)
+        shape = (shape[0] * 2 // 3, shape[1], 3)
+    wrong = checks.frame_size(shape, frame_shape)
     if wrong is not None:
         raise VideoDecodeError(
             f"{cache.source.describe(relative)}: camera {camera!r}, episode {episode}: {wrong}"

@@ -44,6 +44,13 @@ class StreamOptions:
         "cameras as (C, H, W) views of (H, W, C) memory: a memcpy per frame instead of a "
         "transposing copy; collate with framestream.collate",
     )
+    pixel_format: Literal["rgb", "yuv420"] = _opt(
+        "rgb",
+        "cameras as RGB (torchcodec's exact pixels), or 'yuv420': I420 planes (..., H*3/2, W), "
+        "half the bytes and no colour conversion in the workers; framestream.yuv_to_rgb(batch) "
+        "gives the identical RGB on the training process's device (needs return_uint8=True, "
+        "channels_last=False)",
+    )
     shuffle: bool = _opt(
         True, "mix samples of active_shards episodes through a reservoir; False: in order"
     )
@@ -92,6 +99,10 @@ class StreamOptions:
             if low is not None and value is not None and value < low:
                 raise ValueError(f"{type(self).__name__}.{f.name} must be >= {low}, got {value}")
             object.__setattr__(self, f.name, value)
+        if self.pixel_format == "yuv420" and (self.channels_last or not self.return_uint8):
+            raise ValueError(
+                "pixel_format='yuv420' needs return_uint8=True and channels_last=False"
+            )
         if not self.tolerance_s > 0 or not math.isfinite(self.tolerance_s):
             raise ValueError(f"tolerance_s must be a positive number, got {self.tolerance_s}")
 

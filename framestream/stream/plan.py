@@ -125,8 +125,8 @@ def _count(segments: Sequence[Segment]) -> int:
     return sum(s.size for s in segments)
 
 
-def _pad(segments: list[Segment], missing: int, donors: Sequence[Segment]) -> list[Segment]:
-    """Append ``missing`` repeated frames, taken cyclically from ``donors``."""
+def pad_segments(segments: list[Segment], missing: int, donors: Sequence[Segment]) -> list[Segment]:
+    """Append ``missing`` repeated frames (``repeat=True``), taken cyclically from ``donors``."""
     out = list(segments)
     pool = [s for s in donors if s.size > 0]
     i = 0
@@ -172,13 +172,13 @@ def make_plan(
     num_workers = max(1, num_workers)
     length_of = dict(zip(np.asarray(episodes).tolist(), np.asarray(lengths).tolist(), strict=True))
     order = epoch_order(np.asarray(episodes), seed=seed, epoch=epoch, shuffle=shuffle)
-    segs = [Segment(int(e), 0, int(length_of[int(e)])) for e in order]
+    # Empty episodes hold no sample: leaving them out keeps every part's frames balanced.
+    segs = [Segment(int(e), 0, int(length_of[int(e)])) for e in order if length_of[int(e)] > 0]
     ranks = partition(segs, world_size)
     mine = partition(ranks[rank], num_workers)
     share = mine[worker]
     if even_ranks:
         target = max(_count(w) for r in ranks for w in partition(r, num_workers))
         donors = share or ranks[rank] or segs
-        share = _pad(share, target - _count(share), donors)
+        share = pad_segments(share, target - _count(share), donors)
     return Plan(tuple(share))
-

@@ -21,6 +21,7 @@ from framestream._errors import FramestreamError
 from framestream.decode import buffers as _buffers
 from framestream.decode.planar import to_planar
 from framestream.decode.video import DEPTH_PIX_FMT, DecoderCache, decode_episode_frames
+from framestream.decode.yuv import COLORSPACE_SUFFIX
 from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
@@ -73,6 +74,7 @@ class SegmentReader:
         decode_chunk: int = 16,
         channels_last: bool = False,
         depth_output_unit: str = "mm",
+        pixel_format: str = "rgb",
         cursor: int = 0,
         produced_pending: Sequence[int] = (),
     ) -> None:
@@ -83,6 +85,7 @@ class SegmentReader:
         self.decode_chunk = decode_chunk
         self.channels_last = channels_last
         self.depth_output_unit = depth_output_unit
+        self.yuv: dict[str, int] | None = {} if pixel_format == "yuv420" else None
         try:
             self.ep: EpisodeData = tables.read(segment.episode)
         except FramestreamError as exc:  # name the dataset, like errors of sample()
@@ -111,21 +114,29 @@ class SegmentReader:
         todo = cam.needed[cam.next : stop]
         if len(todo) == 0:  # every needed frame is decoded already
             return
+        relative = self.meta.video_file(self.ep.episode, key)
+        depth = self.meta.features[key].is_depth
         frames = decode_episode_frames(
             self.decoders,
-            relative=self.meta.video_file(self.ep.episode, key),
+            relative=relative,
             camera=key,
             episode=self.ep.episode,
             from_timestamp=self.meta.video_from_timestamp(self.ep.episode, key),
             timestamps=self.ep.timestamps[todo].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
-            pix_fmt=DEPTH_PIX_FMT if self.meta.features[key].is_depth else None,
+            pixel_format=(
+                DEPTH_PIX_FMT if depth else "rgb" if self.yuv is None else "yuv420"
+            ),
             frame_shape=declared_frame_shape(self.meta.features[key]),
         )
         arr = frames.numpy()
-        h, w, c = arr.shape[1:]
-        shape = (h, w, c) if self.channels_last else (c, h, w)
+        if self.yuv is not None and not depth:  # I420 (H*3/2, W) frames, kept as they are
+            self.yuv[key] = self.decoders.colorspace(relative) or 2
+            shape = arr.shape[1:]
+        else:
+            h, w, c = arr.shape[1:]
+            shape = (h, w, c) if self.channels_last else (c, h, w)
         for i, f in enumerate(todo.tolist()):
             # Own (recycled) memory per frame, so a chunk is freed frame by frame, laid out
             # once in the output's memory order for every sample that reuses the frame.
@@ -134,7 +145,7 @@ class SegmentReader:
                 if arr.dtype == np.uint8
                 else np.empty(shape, dtype=arr.dtype)  # depth codes (uint16)
             )
-            if self.channels_last:
+            if self.channels_last or (self.yuv is not None and not depth):
                 own[...] = arr[i]
             else:
                 to_planar(arr[i], own)
@@ -177,6 +188,8 @@ class SegmentReader:
                 f"dataset {self.meta.source.url}: episode {self.ep.episode}, frame {frame}: {exc}"
             ) from exc
         self._release(frame)
+        for key, cs in (self.yuv or {}).items():  # for framestream.yuv_to_rgb
+            out[key + COLORSPACE_SUFFIX] = torch.tensor(cs)
         c = self.counters
         c.samples += 1
         c.delivered_frames += self.window_frames

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from framestream._errors import StateDictError
-from framestream.stream.plan import Segment, partition
+from framestream.stream.plan import Segment, pad_segments, partition
 from framestream.stream.schedule import Schedule, ScheduleConfig
 from framestream.stream.state import DatasetState, StreamPosition
 
@@ -45,9 +45,16 @@ def start_schedule(
     seed: int,
     epoch: int,
     layout: tuple[int, int, int, int],
+    even_ranks: bool = False,
+    saved_plan: PlanFn | None = None,
 ) -> Start:
-    """The schedule worker ``layout = (rank, world_size, worker, num_workers)`` starts with."""
+    """The schedule worker ``layout = (rank, world_size, worker, num_workers)`` starts with.
+
+    ``saved_plan`` rebuilds the saved streams' plans when they were made with other options
+    (``even_ranks``); a state saved with other options is always re-split (elastic).
+    """
     rank, world_size, worker, num_workers = layout
+    saved_plan = plan if saved_plan is None else saved_plan
 
     def fresh(segments: Sequence[Segment] | None = None, *, as_worker: int = worker) -> Schedule:
         segs = plan(rank, world_size, as_worker, num_workers) if segments is None else segments
@@ -65,17 +72,23 @@ def start_schedule(
             )
         logical = (worker + p.shift) % max(1, num_workers)
         schedule = fresh(as_worker=logical)
-        schedule.fast_forward(p.consumed[logical])
-        return Start(schedule, custom_segments=False, worker=logical)
+        skips = [(e, r) for w, e, r, _ in p.skips if w == logical]
+        schedule.fast_forward(p.consumed[logical], skips, pad=even_ranks)
+        return Start(schedule, custom_segments=bool(schedule.padded), worker=logical)
     streams = state.streams
     if not streams:
         return Start(fresh(), custom_segments=False, worker=worker)
     same = [s for s in streams if s.layout == layout]
-    if same:
-        return Start(_restore(same[0], plan, config, seed, epoch), custom_segments=(
-            same[0].segments is not None
-        ), worker=worker)
-    if state.kind == "stream":
+    if same and saved_plan is plan:
+        pos = same[0]
+        if pos.schedule is None:  # saved before it started
+            return Start(fresh(), custom_segments=False, worker=worker)
+        return Start(
+            _restore(pos, plan, config, seed, epoch),
+            custom_segments=pos.segments is not None,
+            worker=worker,
+        )
+    if state.kind == "stream" and not same:
         s = streams[0]
         raise StateDictError(
             f"state_dict belongs to rank {s.rank}/{s.world_size} worker {s.worker}/"
@@ -83,16 +96,48 @@ def start_schedule(
             f"{num_workers}; to resume with another world size or number of workers, merge "
             "every rank's and worker's states with framestream.merge_states() and load that"
         )
-    saved = {(s.world_size, s.num_workers) for s in streams}
-    ((ws0, nw0),) = saved if len(saved) == 1 else [(None, None)]
-    if ws0 is None or len(streams) != ws0 * nw0:
+    check_complete(streams)
+    remaining = [s for s in owed_segments(streams, saved_plan, config, seed, epoch) if not s.repeat]
+    ranks = partition(merge_segments(remaining), world_size)
+    parts = [partition(r, num_workers) for r in ranks]
+    share = parts[rank][worker]
+    if even_ranks:
+        target = max(sum(s.size for s in w) for r in parts for w in r)
+        donors = share or ranks[rank] or remaining
+        share = pad_segments(share, target - sum(s.size for s in share), donors)
+    return Start(fresh(share), custom_segments=True, worker=worker)
+
+
+def check_complete(streams: Sequence[StreamPosition]) -> None:
+    """Refuse a merged state that lacks some rank's or worker's position.
+
+    Every rank of the saved world must be there, each with all of its workers (one layout of
+    workers per rank; an idle training process counts as its rank's only worker).
+    """
+    sizes = {s.world_size for s in streams}
+    by_rank: dict[int, list[StreamPosition]] = {}
+    for s in streams:
+        by_rank.setdefault(s.rank, []).append(s)
+    problem = ""
+    if len(sizes) != 1:
+        problem = f"states of several world sizes {sorted(sizes)}"
+    else:
+        (ws,) = sizes
+        missing = sorted(set(range(ws)) - set(by_rank))
+        if missing:
+            problem = f"no state of rank(s) {missing} of {ws}"
+        for r, pos in sorted(by_rank.items()):
+            nws = {p.num_workers for p in pos}
+            workers = sorted(p.worker for p in pos)
+            if len(nws) != 1 or workers != list(range(next(iter(nws)))):
+                problem = problem or (
+                    f"rank {r}: worker states {workers} for {sorted(nws)} workers"
+                )
+    if problem:
         raise StateDictError(
-            f"elastic resume needs the states of every rank and worker of the saved run; got "
-            f"{len(streams)} stream states for configurations {sorted(saved)}"
+            "elastic resume needs the states of every rank and worker of the saved run; "
+            f"got {len(streams)} stream states: {problem}"
         )
-    remaining = owed_segments(streams, plan, config, seed, epoch)
-    share = partition(partition(merge_segments(remaining), world_size)[rank], num_workers)
-    return Start(fresh(share[worker]), custom_segments=True, worker=worker)
 
 
 def _restore(
@@ -102,7 +147,8 @@ def _restore(
     if segs is None:
         segs = tuple(plan(pos.rank, pos.world_size, pos.worker, pos.num_workers))
     schedule = Schedule(segs, config, _rng_key(seed, epoch, pos.rank, pos.worker))
-    schedule.load_state_dict(pos.schedule)
+    if pos.schedule is not None:
+        schedule.load_state_dict(pos.schedule)
     return schedule
 
 

@@ -70,6 +70,7 @@ class Schedule:
         self.outstanding: dict[int, int] = {}  # references emitted but not yet done
         self.next_id = 0
         self.emitted = 0
+        self.padded = 0  # repeated frames appended to make up for dropped episodes
 
     # ------------------------------------------------------------------ driving
     def _fill(self) -> None:
@@ -130,19 +131,35 @@ class Schedule:
     def is_open(self, rid: int) -> bool:
         return rid in self.cursors
 
-    def fast_forward(self, n: int) -> int:
-        """Skip ``n`` samples (no I/O); returns how many were skipped (fewer at the end)."""
+    def fast_forward(
+        self, n: int, skips: Sequence[tuple[int, int]] = (), *, pad: bool = False
+    ) -> int:
+        """Skip ``n`` samples (no I/O); returns how many were skipped (fewer at the end).
+
+        ``skips`` replays the episodes the original run dropped (``on_error="skip"``): each
+        ``(emitted, rid)`` drops reader ``rid`` when it comes out after ``emitted`` samples,
+        exactly where the original run dropped it, so the replay follows the same order.
+        """
+        todo = sorted(skips)
         for i in range(n):
-            ref = self.next_ref()
-            if ref is None:
-                return i
+            while True:
+                ref = self.next_ref()
+                if ref is None:
+                    return i
+                if todo and todo[0] == (self.emitted, ref[0]):
+                    todo.pop(0)
+                    self.drop(ref[0], pad=pad)
+                    continue
+                break
             self.done(ref[0])
         return n
 
-    def drop(self, rid: int) -> int:
+    def drop(self, rid: int, *, pad: bool = False) -> int:
         """Forget reader ``rid`` and every reference to it; returns the samples lost.
 
-        The reference being emitted when the reader failed counts as lost too.
+        The reference being emitted when the reader failed counts as lost too. With ``pad``
+        (``even_ranks``) as many repeated frames of this worker's other episodes are appended,
+        so the worker still yields its planned count; returns the samples lost net of them.
         """
         cur = self.cursors.pop(rid)
         before = len(self.reservoir.items)
@@ -150,7 +167,18 @@ class Schedule:
         if rid in self.active:
             self.active.remove(rid)
         self.outstanding.pop(rid, None)
-        return 1 + (before - len(self.reservoir.items)) + cur.remaining
+        lost = 1 + (before - len(self.reservoir.items)) + cur.remaining
+        if pad:
+            donors = [s for s in self.segments if s.size > 0 and s.episode != cur.segment.episode]
+            missing, i = lost, 0
+            while missing > 0 and donors:
+                d = donors[i % len(donors)]
+                k = min(missing, d.size)
+                self.segments.append(Segment(d.episode, d.start, d.start + k, True))
+                missing, i = missing - k, i + 1
+            self.padded += lost - missing
+            return missing
+        return lost
 
     # ------------------------------------------------------------------ inspection
     def segment(self, rid: int) -> Segment:
@@ -169,8 +197,8 @@ class Schedule:
 
     @property
     def finished(self) -> bool:
-        return not self.active and not len(self.reservoir) and self.next_segment >= len(
-            self.segments
+        return (
+            not self.active and not len(self.reservoir) and self.next_segment >= len(self.segments)
         )
 
     def remaining_segments(self) -> list[Segment]:

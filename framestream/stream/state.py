@@ -54,26 +54,41 @@ class Fingerprint:
             "even_ranks": self.even_ranks,
         }
 
-    def check(self, saved: Fingerprint) -> None:
-        """Raise :class:`StateDictError` naming the first field where ``saved`` differs."""
+    def check(self, saved: Fingerprint, *, elastic: bool = False) -> None:
+        """Raise :class:`StateDictError` naming the first field where ``saved`` differs.
+
+        ``elastic``: the state is re-split anyway (a merged state), so ``even_ranks`` may
+        differ: it changes the padding, not the order.
+        """
         mine, theirs = self.to_dict(), saved.to_dict()
-        for key in ("dataset", "seed", "shuffle", "even_ranks"):
+        keys = ("dataset", "seed", "shuffle") + (() if elastic else ("even_ranks",))
+        for key in keys:
             if theirs[key] != mine[key]:
+                hint = ""
+                if key == "even_ranks":
+                    hint = (
+                        "; to change even_ranks, resume elastically: load "
+                        "framestream.merge_states() of every rank's and worker's states"
+                    )
                 raise StateDictError(
                     f"state_dict was saved for another dataset or configuration ({key!r} "
-                    f"differs: saved {str(theirs[key])[:200]}, here {str(mine[key])[:200]})"
+                    f"differs: saved {str(theirs[key])[:200]}, here {str(mine[key])[:200]})" + hint
                 )
 
 
 @dataclass(frozen=True)
 class StreamPosition:
-    """One worker's position: who it was, what it read (if not the plan's), its schedule."""
+    """One worker's position: who it was, what it read (if not the plan's), its schedule.
+
+    ``schedule`` None: the worker had not started (its whole planned share is still owed);
+    an idle training process records itself as worker 0 of 1, i.e. its rank's whole share.
+    """
 
     rank: int
     world_size: int
     worker: int
     num_workers: int
-    schedule: dict[str, Any]
+    schedule: dict[str, Any] | None
     finished: bool
     segments: tuple[Segment, ...] | None = None  # None: the plan's segments for this worker
 
@@ -102,7 +117,7 @@ class StreamPosition:
             world_size=int(d["world_size"]),
             worker=int(d["worker"]),
             num_workers=int(d["num_workers"]),
-            schedule=dict(d["schedule"]),
+            schedule=None if d["schedule"] is None else dict(d["schedule"]),
             finished=bool(d["finished"]),
             segments=None if segs is None else tuple(Segment(*s) for s in segs),
         )
@@ -115,12 +130,17 @@ class Progress:
     num_workers: int
     consumed: tuple[int, ...]
     shift: int = 0  # the worker whose batch was due next plays physical worker 0
+    # episodes the run dropped (on_error="skip"): (logical worker, emitted, reader id, lost)
+    skips: tuple[tuple[int, int, int, int], ...] = ()
+    finished: bool = False  # every worker had delivered its last batch
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "num_workers": self.num_workers,
             "consumed": list(self.consumed),
             "shift": self.shift,
+            "skips": [list(s) for s in self.skips],
+            "finished": self.finished,
         }
 
 
@@ -136,8 +156,12 @@ class DatasetState:
     @property
     def finished(self) -> bool:
         """Every saved stream had delivered its whole share of the epoch."""
-        return self.kind in ("stream", "merged") and bool(self.streams) and all(
-            s.finished for s in self.streams
+        if self.kind == "progress":
+            return self.progress is not None and self.progress.finished
+        return (
+            self.kind in ("stream", "merged")
+            and bool(self.streams)
+            and all(s.finished for s in self.streams)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +171,7 @@ class DatasetState:
             "epoch": self.epoch,
             **self.fingerprint.to_dict(),
         }
-        if self.kind in ("stream", "merged"):
+        if self.kind in ("stream", "merged") or self.streams:
             out["streams"] = [s.to_dict() for s in self.streams]
         if self.progress is not None:
             out["progress"] = self.progress.to_dict()
@@ -183,6 +207,10 @@ def parse_state(state: Any) -> DatasetState:
                 num_workers=int(p["num_workers"]),
                 consumed=tuple(int(c) for c in p["consumed"]),
                 shift=int(p.get("shift", 0)),
+                skips=tuple(
+                    (int(w), int(e), int(r), int(n)) for w, e, r, n in p.get("skips") or ()
+                ),
+                finished=bool(p.get("finished", False)),
             )
     except (KeyError, TypeError, ValueError) as exc:
         raise StateDictError(f"malformed {kind} state_dict: {exc!r}") from exc
@@ -211,9 +239,19 @@ def find_states(obj: Any) -> list[DatasetState]:
 
 
 def merge(states: Sequence[DatasetState]) -> DatasetState:
-    """One ``merged`` state from the states of every rank and worker (newest epoch wins)."""
+    """One ``merged`` state from the states of every rank and worker (newest epoch wins).
+
+    Idle states count as positions that had not started (they carry their rank and worker);
+    a finished stream with a newer epoch wins over everything of the older one.
+    """
     if not states:
         raise StateDictError("no framestream state found in the given states")
+    for s in states:
+        if s.kind == "progress":
+            raise StateDictError(
+                "a progress state (plain DataLoader) cannot be merged: it only describes its "
+                "own layout; resume it with the same world size and workers"
+            )
     newest = max(s.epoch for s in states)
     current = [s for s in states if s.epoch == newest]
     streams = tuple(p for s in current for p in s.streams)

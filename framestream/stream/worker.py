@@ -39,6 +39,8 @@ log = logging.getLogger("framestream")
 PUBLISH_EVERY = 16
 
 Publish = Callable[[dict[str, int]], None]
+# (emitted, reader id, samples lost net of padding) of an episode dropped under on_error="skip"
+OnSkip = Callable[[int, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class WorkerStream:
             the end and on close).
         custom_segments: the schedule's segments are not the plan's (an elastic resume) and
             must be saved with the position.
+        on_skip: told where each episode was dropped (``on_error="skip"``), so that a plain
+            DataLoader's batch count can replay the drops (:meth:`progress_state`).
     """
 
     def __init__(
@@ -92,9 +96,11 @@ class WorkerStream:
         *,
         publish: Publish,
         custom_segments: bool = False,
+        on_skip: OnSkip | None = None,
     ) -> None:
         self.spec, self.schedule, self.layout = spec, schedule, layout
         self.custom_segments = custom_segments
+        self._on_skip = on_skip
         self._publish_to = publish
         opts, meta = spec.options, spec.meta
         self.readers: dict[int, SegmentReader] = {}
@@ -128,6 +134,7 @@ class WorkerStream:
                 return_uint8=opts.return_uint8,
                 channels_last=opts.channels_last,
                 depth_output_unit=opts.depth_output_unit,
+                pixel_format=opts.pixel_format,
                 image_transforms=spec.image_transforms,
                 cursor=sch.cursor(rid),
                 produced_pending=[*sch.pending(rid), frame],
@@ -164,7 +171,13 @@ class WorkerStream:
     def _drop(self, rid: int, exc: Exception) -> None:
         """on_error='skip': forget a failing episode and every reference to it."""
         episode = self.schedule.segment(rid).episode
-        lost = self.schedule.drop(rid)
+        emitted = self.schedule.emitted
+        pad = self.spec.options.even_ranks  # repeat other frames: every worker's count holds
+        padded = self.schedule.padded
+        net = self.schedule.drop(rid, pad=pad)
+        lost = net + self.schedule.padded - padded
+        if self._on_skip is not None:
+            self._on_skip(emitted, rid, net)
         self.readers.pop(rid, None)
         c = self.counters
         c.errors += 1
@@ -218,5 +231,5 @@ class WorkerStream:
             num_workers=lay.num_workers,
             schedule=sch.state_dict(),
             finished=sch.finished,
-            segments=tuple(sch.segments) if self.custom_segments else None,
+            segments=tuple(sch.segments) if self.custom_segments or sch.padded else None,
         )

@@ -1,0 +1,107 @@
+"""``--compare-lerobot PYTHON``: LeRobot's loaders, timed in their own environment.
+
+LeRobot pins its own torch, datasets and torchcodec, so it runs in its own interpreter: the
+benchmark starts ``PYTHON lerobot_driver.py`` (a file shipped with framestream that imports
+only LeRobot, torch and numpy) once per loader, right after the framestream run it is
+compared with, on the same dataset, ``delta_timestamps``, workers and batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from framestream.bench.lerobot_driver import MARK
+
+DRIVER = Path(__file__).with_name("lerobot_driver.py")
+LEROBOT_WARMUP_BATCHES = 5
+
+
+def find_lerobot_python() -> str | None:
+    """A Python with LeRobot: ``FRAMESTREAM_LEROBOT_PYTHON``, ``/work/lerobot-venv`` or
+    ``.lerobot-venv`` in the current folder (None when none exists)."""
+    env = os.environ.get("FRAMESTREAM_LEROBOT_PYTHON")
+    candidates = [env] if env else []
+    candidates += ["/work/lerobot-venv/bin/python", ".lerobot-venv/bin/python"]
+    for c in candidates:
+        if c and (Path(c).is_file() or shutil.which(c)):
+            return c
+    return None
+
+
+def run_lerobot_loader(
+    python: str,
+    *,
+    root: str,
+    loader: str,
+    delta_timestamps: dict[str, list[float]] | None,
+    batch_size: int,
+    num_workers: int,
+    max_batches: int | None,
+    seconds: float | None,
+    warmup_batches: int = LEROBOT_WARMUP_BATCHES,
+    seed: int = 0,
+    timeout: float = 1800.0,
+) -> dict[str, Any]:
+    """Run one LeRobot loader in ``python``; its result dict (with ``error`` on failure)."""
+    cfg = {
+        "root": str(root),
+        "loader": loader,
+        "delta_timestamps": delta_timestamps,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "warmup_batches": warmup_batches,
+        "max_batches": max_batches or 0,
+        "seconds": seconds,
+        "seed": seed,
+    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    try:
+        proc = subprocess.run(
+            [python, str(DRIVER), json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"loader": loader, "error": f"timed out after {timeout:g} s"}
+    except OSError as exc:
+        return {"loader": loader, "error": f"cannot run {python}: {exc}"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK) :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
+    return {
+        "loader": loader,
+        "error": f"the driver exited with {proc.returncode} and no result: " + " | ".join(tail),
+    }
+
+
+def comparison_fields(samples_per_s: float, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Flat result fields: each loader's samples/s, framestream's ratio to it, errors.
+
+    Every field is present (None for a loader that was not run), so JSON and CSV rows of
+    runs with and without ``--compare-lerobot`` have the same keys.
+    """
+    out: dict[str, Any] = {}
+    for name in ("map", "streaming"):
+        for key in ("lerobot_{}_samples_per_s", "vs_lerobot_{}", "lerobot_{}_error"):
+            out[key.format(name)] = None
+    best = None
+    for name, r in runs.items():
+        rate = r.get("samples_per_s") if not r.get("error") else None
+        out[f"lerobot_{name}_samples_per_s"] = rate
+        out[f"vs_lerobot_{name}"] = samples_per_s / rate if rate and samples_per_s else None
+        out[f"lerobot_{name}_error"] = r.get("error")
+        if rate and (best is None or rate > best[1]):
+            best = (name, rate)
+    out["lerobot_best_loader"] = best[0] if best else None
+    out["lerobot_best_samples_per_s"] = best[1] if best else None
+    out["vs_lerobot_best"] = samples_per_s / best[1] if best and samples_per_s else None
+    out["lerobot_runs"] = runs
+    return out
