@@ -112,7 +112,8 @@ def test_episode_subset_and_positions(small_root):
     ds = MapDataset(str(small_root), episodes=[4, 1])
     meta = ds.meta
     assert len(ds) == int(meta.episodes.length[4] + meta.episodes.length[1])
-    assert int(ds[0]["episode_index"]) == 4
+    assert int(ds[0]["episode_index"]) == 1  # LeRobot reads the episodes in ascending order
+    assert ds.episodes == [1, 4]
     first_of_1 = int(meta.episodes.from_index[1])
     assert int(ds[ds.position_of(first_of_1)]["index"]) == first_of_1
     with pytest.raises(IndexError):

@@ -51,8 +51,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from framestream.datasets.map_style import select_episodes
     from framestream.format.meta import INFO_PATH, TASKS_PATH, DatasetMeta
+    from framestream.format.selection import select_episodes
     from framestream.io.source import Source
 
     check_root(args.url)

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from framestream.datasets.common import Publisher, check_not_all_skipped, open_source
+from framestream.datasets.lerobot_args import (
+    LeRobotStreamingSurface,
+    lerobot_stream_options,
+    resolve_location,
+)
 from framestream.datasets.resumable import Resumable
 from framestream.decode.buffers import per_process
 from framestream.format.meta import DatasetMeta
@@ -54,38 +60,67 @@ def _freeze_inherited_objects() -> bool:
 _freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
 
 
-class StreamingLeRobotDataset(Resumable, torch.utils.data.IterableDataset):
+class StreamingLeRobotDataset(
+    LeRobotStreamingSurface, Resumable, torch.utils.data.IterableDataset
+):
     """Stream a LeRobot v3.0 dataset: shuffled, split across ranks and workers, decoded once.
 
+    Called as LeRobot 0.6.1's ``StreamingLeRobotDataset(repo_id, root=PATH, ...)`` or as
+    framestream's ``StreamingLeRobotDataset(PATH_OR_URL, ...)`` (a local path that does not
+    exist raises FileNotFoundError; see :func:`~framestream.datasets.lerobot_args.
+    resolve_location`).
+
     Args:
-        root: a local folder, an fsspec URL (``s3://``, ``http(s)://``, ``hf://``...) or a
-            :class:`~framestream.io.source.Source`.
-        episodes: the episodes to stream (default: all).
+        repo_id, root: LeRobot's form (a name, and the folder or URL of the files), or the
+            location alone: a folder, an fsspec URL, a ``Source`` or a Hub id ``"org/name"``.
+        episodes: the episodes to stream (default: all), in this order when not shuffled.
+        image_transforms: applied to each RGB camera tensor of a sample.
         delta_timestamps: ``{key: [seconds, ...]}`` windows; any length (no fixed ceiling).
-        image_transforms: applied to each camera tensor of a sample.
+        tolerance_s, buffer_size, seed, shuffle, return_uint8, depth_output_unit: stream
+            options under LeRobot's names (None: the ``StreamOptions`` default; seed 0).
+        revision, repo_type, token: the Hub revision, ``"dataset"`` only, a Hub token.
+        force_cache_sync, streaming, max_num_shards: LeRobot's, accepted and ignored; rng:
+            refused (the order is a pure function of (seed, epoch)). See docs/lerobot.md.
         options: a :class:`~framestream.StreamOptions`; any of its fields may also be given
-            as a keyword (``buffer_size=4000, shuffle=False``), overriding ``options``.
+            as a keyword (``active_shards=4``), overriding ``options``.
         rank, world_size: None resolves from Accelerate, torch.distributed, then
             ``RANK``/``WORLD_SIZE``, then (0, 1).
-        storage_options, revision, cache_dir, cache_max_bytes, remote_options: where and how
-            remote bytes are read (fsspec options, Hub revision, the local byte cache (default
+        storage_options, cache_dir, cache_max_bytes, remote_options: where and how
+            remote bytes are read (fsspec options, the local byte cache (default
             20 GiB, LRU; ``cache_max_bytes=0`` reads in place), timeouts and retries). Not
             allowed beside ``meta``, which already carries its source.
         meta: already loaded metadata (e.g. read once to size a model).
+
+    Samples follow LeRobot's streaming class: scalar features (``index``, ``frame_index``,
+    ``episode_index``, ``task_index``, ``timestamp``, shape-``[1]`` features) are Python
+    numbers; vectors and cameras are tensors as in the map-style class.
     """
 
     def __init__(
         self,
-        root: str | Source | None = None,
-        *,
+        repo_id: str | os.PathLike | Source | None = None,
+        root: str | os.PathLike | Source | None = None,
         episodes: Sequence[int] | None = None,
-        delta_timestamps: Mapping[str, Sequence[float]] | None = None,
         image_transforms: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        delta_timestamps: Mapping[str, Sequence[float]] | None = None,
+        tolerance_s: float | None = None,
+        revision: str | None = None,
+        force_cache_sync: bool = False,
+        streaming: bool = True,
+        buffer_size: int | None = None,
+        max_num_shards: int = 16,
+        seed: int | None = None,
+        rng: Any = None,
+        shuffle: bool | None = None,
+        return_uint8: bool | None = None,
+        depth_output_unit: str | None = None,
+        *,
+        repo_type: str = "dataset",
+        token: str | bool | None = None,
         options: StreamOptions | None = None,
         rank: int | None = None,
         world_size: int | None = None,
         storage_options: dict[str, Any] | None = None,
-        revision: str | None = None,
         cache_dir: str | None = None,
         cache_max_bytes: int | None = None,
         remote_options: RemoteOptions | Mapping[str, Any] | None = None,
@@ -93,9 +128,22 @@ class StreamingLeRobotDataset(Resumable, torch.utils.data.IterableDataset):
         **option_fields: Any,
     ) -> None:
         super().__init__()
+        option_fields.update(
+            lerobot_stream_options(
+                rng=rng, force_cache_sync=force_cache_sync, streaming=streaming,
+                max_num_shards=max_num_shards, tolerance_s=tolerance_s, buffer_size=buffer_size,
+                seed=seed, shuffle=shuffle, return_uint8=return_uint8,
+                depth_output_unit=depth_output_unit,
+            )
+        )  # fmt: skip
         self.options = StreamOptions.build(options, **option_fields)
+        location, name = (root if root is not None else repo_id), None
+        if meta is None and not isinstance(location, Source):
+            location, name = resolve_location(repo_id, root, repo_type=repo_type)
+            if token not in (None, True) and location.startswith("hf://"):
+                storage_options = {"token": token, **(storage_options or {})}
         self.meta = open_source(
-            root,
+            location,
             meta,
             storage_options=storage_options,
             revision=revision,
@@ -103,6 +151,10 @@ class StreamingLeRobotDataset(Resumable, torch.utils.data.IterableDataset):
             cache_max_bytes=cache_max_bytes,
             remote_options=remote_options,
         )
+        if name is not None:
+            self.meta.repo_id = name
+        self.repo_id = self.meta.repo_id
+        self.root = self.meta.root
         self.episodes = select_episodes(self.meta, episodes)
         self.lengths = self.meta.episodes.length[
             [self.meta.episodes.row(int(e)) for e in self.episodes]
@@ -110,6 +162,7 @@ class StreamingLeRobotDataset(Resumable, torch.utils.data.IterableDataset):
         self.window = WindowSpec.from_delta_timestamps(
             delta_timestamps, meta=self.meta, tolerance_s=self.options.tolerance_s
         )
+        self.delta_timestamps = delta_timestamps
         self.image_transforms = image_transforms
         self._rank, self._world_size = rank, world_size
         self._board = StatsBoard()

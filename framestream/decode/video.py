@@ -26,7 +26,7 @@ from framestream.io.remote import RangeNotSupportedError
 from framestream.io.source import Source
 
 VideoBackend = Literal["torchcodec", "pyav"]
-PixelFormat = Literal["rgb", "yuv420"]
+PixelFormat = Literal["rgb", "yuv420", "gray12le"]
 
 
 @functools.cache
@@ -94,9 +94,10 @@ class _PyAVFile:
     _MAX_FORWARD_S = 2.0  # decode forward instead of seeking when the target is this close
     _EPS = 1e-6
 
-    def __init__(self, src: Any, threads: int) -> None:
+    def __init__(self, src: Any, threads: int, pix_fmt: str = "rgb24") -> None:
         import av
 
+        self._pix_fmt = pix_fmt
         self._container = av.open(src)
         self._stream = self._container.streams.video[0]
         self._stream.thread_count = max(1, threads)
@@ -111,7 +112,7 @@ class _PyAVFile:
             yield float(frame.pts * self._tb), frame
 
     def _seek(self, t: float) -> None:
-        self._container.seek(int(t / self._tb), stream=self._stream, backward=True)
+        self._container.seek(max(0, int(t / self._tb) - 1), stream=self._stream, backward=True)
         self._frames, self._cur, self._ahead = self._decode(), None, None
 
     def _frame_at(self, t: float) -> tuple[float, Any]:
@@ -124,6 +125,25 @@ class _PyAVFile:
             or t > known[0] + self._MAX_FORWARD_S
         ):
             self._seek(t)
+            self._advance(t)
+            # With B-frames (decode order differs from display order) a seek can land on a
+            # keyframe shown *after* t: step back until a frame at or before t comes out.
+            back = 1.0
+            while self._cur is None and self._ahead is not None and t > 0:
+                self._seek(max(0.0, t - back))
+                self._advance(t)
+                if t - back <= 0:
+                    break
+                back *= 4
+        else:
+            self._advance(t)
+        found = self._cur or self._ahead
+        if found is None:
+            raise VideoDecodeError(f"no frame decodable at {t:.6f}s")
+        return found
+
+    def _advance(self, t: float) -> None:
+        """Decode forward until the next frame is after ``t``."""
         while True:
             if self._ahead is None:
                 self._ahead = next(self._frames, None)
@@ -133,16 +153,13 @@ class _PyAVFile:
                 self._cur, self._ahead = self._ahead, None
             else:
                 break
-        found = self._cur or self._ahead
-        if found is None:
-            raise VideoDecodeError(f"no frame decodable at {t:.6f}s")
-        return found
 
     def frames_at(self, seconds: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
         out, pts = [], []
         for t in seconds:
             p, frame = self._frame_at(float(t))
-            out.append(frame.to_ndarray(format="rgb24"))
+            arr = frame.to_ndarray(format=self._pix_fmt)
+            out.append(arr[..., None] if arr.ndim == 2 else arr)  # gray: (H, W, 1)
             pts.append(p)
         data = torch.from_numpy(np.stack(out))
         return data, np.asarray(pts, dtype=np.float64)
@@ -152,6 +169,9 @@ class _PyAVFile:
         self._container.close()
         if hasattr(self._src, "close"):
             self._src.close()
+
+
+DEPTH_PIX_FMT = "gray12le"  # LeRobot's depth videos: 12-bit codes, decoded by PyAV only
 
 
 def open_video(
@@ -166,10 +186,11 @@ def open_video(
     """Open ``relative`` for decoding; a missing or unreadable file raises VideoDecodeError.
 
     ``pixel_format="yuv420"`` decodes with PyAV whatever ``backend`` says (torchcodec has no
-    YUV output) and returns I420 frames (:mod:`framestream.decode.yuv`). ``span`` (seconds of
-    the file): with a source that fetches byte ranges, only what decoding the frames shown in
-    it needs is fetched (:mod:`framestream.io.spans`); the decoder must then not be asked for
-    frames outside it.
+    YUV output) and returns I420 frames (:mod:`framestream.decode.yuv`).
+    ``pixel_format="gray12le"`` (depth, as LeRobot decodes it) decodes with PyAV into
+    ``(N, H, W, 1)`` uint16 12-bit codes. ``span`` (seconds of the file): with a source that
+    fetches byte ranges, only what decoding the frames shown in it needs is fetched
+    (:mod:`framestream.io.spans`); the decoder must then not be asked for frames outside it.
     """
     where = source.describe(relative)
     prepare_decoding_process()  # malloc settings, once per DataLoader worker
@@ -188,10 +209,12 @@ def open_video(
     if source.is_local and not source.exists(relative):
         raise VideoDecodeError(f"{where}: video file not found")
     try:
-        if pixel_format == "yuv420":
+        if pixel_format == "gray12le":
+            video: VideoFile = _PyAVFile(src, threads, "gray12le")
+        elif pixel_format == "yuv420":
             from framestream.decode.yuv_video import PyAVYuvFile
 
-            video: VideoFile = PyAVYuvFile(_PyAVFile(src, threads))
+            video = PyAVYuvFile(_PyAVFile(src, threads))
         elif backend == "torchcodec":
             video = _TorchcodecFile(src, threads)
         else:
@@ -370,18 +393,23 @@ def decode_episode_frames(
     raises instead of being silently substituted. The decoder is asked for the frame shown
     slightly after the query (by ``min(tolerance_s, 0.5 / fps)``) so that float32 rounding of
     stored timestamps, a hair before a frame's start, still selects that frame.
+
+    The frame asked for is frame ``round(query * fps)`` of the file, as LeRobot picks it: a
+    large ``tolerance_s`` accepts a query between two frames, and the nearer frame (ties to
+    the even one, like Python's ``round``) is the one returned, never an arbitrary neighbour.
     ``pixel_format="yuv420"``: I420 ``(N, H*3/2, W)`` frames instead of RGB ``(N, H, W, 3)``.
     ``frame_shape`` (the declared height, width, channels) refuses frames of another size:
     delivered, they would mix sizes in a batch (or crash its collation far from the cause).
     """
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
-    nudge = min(tolerance_s, 0.5 / fps)
+    snapped = np.round(query * fps) / fps
+    nudge = min(tolerance_s, 0.25 / fps)  # inside the snapped frame, past rounding noise
     try:
         dec = cache.get(relative, pixel_format, span)
     except VideoDecodeError as exc:
         raise VideoDecodeError(f"{exc} (camera {camera!r}, episode {episode})") from exc
     try:
-        data, pts = dec.frames_at((query + nudge).tolist())
+        data, pts = dec.frames_at((snapped + nudge).tolist())
     except VideoDecodeError as exc:
         cache.discard(relative, pixel_format, span)
         raise VideoDecodeError(

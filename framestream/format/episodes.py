@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from framestream._errors import DatasetFormatError, EpisodeNotFoundError, SourceError
+from framestream.format.lerobot_meta import EpisodeColumns
 from framestream.io.source import Source
 
 EPISODES_DIR = "meta/episodes"
@@ -39,7 +40,7 @@ class VideoIndex:
 
 
 @dataclass
-class EpisodeIndex:
+class EpisodeIndex(EpisodeColumns):
     """The episodes table as arrays, one row per episode, sorted by ``episode_index``."""
 
     episode_index: np.ndarray

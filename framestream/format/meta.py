@@ -7,7 +7,6 @@ lookup is an array index.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from framestream.format.episodes import (
     load_episode_index,
     overlapping_ranges,
 )
+from framestream.format.lerobot_meta import InfoDict, LeRobotMetaSurface, stats_to_numpy
 from framestream.io.source import Source
 
 INFO_PATH = "meta/info.json"
@@ -36,7 +36,11 @@ KNOWN_DTYPES = frozenset(
         "int16",
         "int8",
         "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
         "bool",
+        "language",
         "string",
         "image",
         "video",
@@ -59,15 +63,42 @@ REQUIRED_INFO = (
 )
 
 
-@dataclass(frozen=True)
-class Feature:
-    """One entry of ``info.json``'s ``features``."""
+class Feature(dict):
+    """One entry of ``info.json``'s ``features``.
 
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    names: Any = None
-    info: dict[str, Any] = field(default_factory=dict)
+    A ``dict`` as LeRobot gives it (``"dtype"``, ``"shape"`` as a tuple, ``"names"``, and
+    ``"info"`` when present), so LeRobot's training stack reads it unchanged, with the
+    attributes framestream uses (``.name``, ``.dtype``, ``.shape``, ``.names``, ``.info``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        dtype: str,
+        shape: tuple[int, ...],
+        names: Any = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(dtype=dtype, shape=tuple(shape), names=names)
+        if info:
+            self["info"] = info
+        self.name = name
+
+    @property
+    def dtype(self) -> str:
+        return self["dtype"]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self["shape"]
+
+    @property
+    def names(self) -> Any:
+        return self["names"]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.get("info") or {}
 
     @property
     def is_video(self) -> bool:
@@ -77,8 +108,13 @@ class Feature:
     def is_visual(self) -> bool:
         return self.dtype in ("video", "image")
 
+    @property
+    def is_depth(self) -> bool:
+        """A depth camera (``info.is_depth_map``, or LeRobot's legacy ``video.is_depth_map``)."""
+        return bool(self.info.get("is_depth_map") or self.info.get("video.is_depth_map"))
 
-class DatasetMeta:
+
+class DatasetMeta(LeRobotMetaSurface):
     """Everything known about a dataset before reading any frame.
 
     Loaded once per process (and pickled to DataLoader workers as plain arrays).
@@ -97,7 +133,7 @@ class DatasetMeta:
         self.source = (
             source if isinstance(source, Source) else Source(source, storage_options or {})
         )
-        self.info = self.source.read_json(INFO_PATH)
+        self.info = InfoDict(self.source.read_json(INFO_PATH))
         self._validate_info()
         self.fps: int = int(self.info["fps"])
         self.features: dict[str, Feature] = self._parse_features()
@@ -242,12 +278,14 @@ class DatasetMeta:
         return tasks
 
     @property
-    def stats(self) -> dict[str, Any]:
-        """``meta/stats.json`` (loaded on first use; empty if the file is absent)."""
-        if self._stats is None:
-            self._stats = (
-                self.source.read_json(STATS_PATH) if self.source.exists(STATS_PATH) else {}
-            )
+    def stats(self) -> dict[str, dict[str, Any]] | None:
+        """``meta/stats.json`` as LeRobot gives it: ``{feature: {stat: np.ndarray}}`` (float64;
+        ``count`` int64), or None when the file is absent. Loaded on first use, then the same
+        mutable dict (LeRobot's factory writes ImageNet stats into it)."""
+        if self._stats is None and not getattr(self, "_stats_loaded", False):
+            raw = self.source.read_json(STATS_PATH) if self.source.exists(STATS_PATH) else None
+            self._stats = None if raw is None else stats_to_numpy(raw)
+            self._stats_loaded = True
         return self._stats
 
     # ----------------------------------------------------------------- paths
@@ -285,25 +323,21 @@ class DatasetMeta:
         return float(self.episodes.videos[key].from_ts[row])
 
     def video_position_problems(self, key: str) -> dict[int, str]:
-        """Episode rows whose ``key`` range ``[from_timestamp, to_timestamp)`` is inconsistent.
+        """Episode rows whose position in ``key``'s file cannot be trusted: errors.
 
-        Half a frame of slack everywhere. Refused: a range shorter than the episode (its last
-        frames would be the next episode's), one that starts before 0 or before the end of
-        the previous episode in the same file (it would show that episode's frames). Allowed:
-        a longer range (a video with extra frames decodes correctly) and gaps between episodes.
+        An episode's frames are ``from_timestamp + frame / fps`` (LeRobot never reads
+        ``to_timestamp`` when decoding). Refused, with half a frame of slack: a start before 0,
+        or a range ``[from_timestamp, from_timestamp + length / fps)`` that overlaps the
+        previous episode's frames in the same file (it would show that episode's frames).
+        A ``to_timestamp`` that disagrees with the length is only a warning
+        (:meth:`video_position_warnings`); frames missing from the video fail when decoded.
         """
         cache: dict[str, dict[int, str]] = self.__dict__.setdefault("_video_problems", {})
         if key in cache:
             return cache[key]
         vid, eps = self.episodes.videos[key], self.episodes
         half, out = 0.5 / self.fps, {}
-        span, need = vid.to_ts - vid.from_ts, eps.length / self.fps
-        for row in np.nonzero(span < need - half)[0].tolist():
-            out[row] = (
-                f"from_timestamp {vid.from_ts[row]:.6f}s .. to_timestamp {vid.to_ts[row]:.6f}s "
-                f"spans {span[row]:.6f}s, less than its {int(eps.length[row])} frames at "
-                f"{self.fps} fps ({need[row]:.6f}s)"
-            )
+        end = vid.from_ts + eps.length / self.fps  # just after the episode's last frame
         order = np.lexsort((vid.from_ts, vid.file, vid.chunk)).tolist()
         for i, row in enumerate(order):
             prev = order[i - 1] if i else None
@@ -311,14 +345,54 @@ class DatasetMeta:
                 vid.chunk[row],
                 vid.file[row],
             )
-            start = vid.to_ts[prev] if same else 0.0
-            if vid.from_ts[row] < start - half and row not in out:
-                after = f"the end of episode {int(eps.episode_index[prev])}" if same else "0"
+            start = end[prev] if same else 0.0
+            if vid.from_ts[row] >= start - half:
+                continue
+            if not same:
+                out[row] = f"from_timestamp {vid.from_ts[row]:.6f}s is before 0"
+                continue
+            # Two episodes overlap: blame the one whose own to_timestamp disagrees with its
+            # length while the other starts where that to_timestamp says (a moved start).
+            prev_consistent = abs(vid.to_ts[prev] - end[prev]) <= half
+            if not prev_consistent and abs(vid.from_ts[row] - vid.to_ts[prev]) <= half:
+                out.setdefault(
+                    prev,
+                    (
+                        f"from_timestamp {vid.from_ts[prev]:.6f}s + its {int(eps.length[prev])} "
+                        f"frames ends at {end[prev]:.6f}s, after the start of episode "
+                        f"{int(eps.episode_index[row])} ({vid.from_ts[row]:.6f}s) in the same file"
+                    ),
+                )
+            else:
                 out[row] = (
-                    f"from_timestamp {vid.from_ts[row]:.6f}s is before {after} "
-                    f"({start:.6f}s) in the same file"
+                    f"from_timestamp {vid.from_ts[row]:.6f}s is before the last frame of "
+                    f"episode {int(eps.episode_index[prev])} (from_timestamp + length / fps = "
+                    f"{start:.6f}s) in the same file"
                 )
         cache[key] = out
+        return out
+
+    def video_position_warnings(self, key: str) -> dict[int, str]:
+        """Episode rows whose ``to_timestamp`` disagrees with ``from_timestamp + length / fps``.
+
+        LeRobot reads these fine (it never reads ``to_timestamp``), and so does framestream:
+        a writer that stores the last frame's time, ``(length - 1) / fps``, or a longer range.
+        """
+        vid, eps = self.episodes.videos[key], self.episodes
+        half, out = 0.5 / self.fps, {}
+        span, need = vid.to_ts - vid.from_ts, eps.length / self.fps
+        for row in np.nonzero(np.abs(span - need) > half)[0].tolist():
+            if abs(span[row] - need[row] + 1 / self.fps) < half:
+                what = "to_timestamp is the last frame's time"
+            elif span[row] < need[row]:
+                what = "less than its frames"
+            else:
+                what = "more than its frames (the extra video frames are never read)"
+            out[row] = (
+                f"from_timestamp {vid.from_ts[row]:.6f}s .. to_timestamp {vid.to_ts[row]:.6f}s "
+                f"spans {span[row]:.6f}s for {int(eps.length[row])} frames at {self.fps} fps "
+                f"({need[row]:.6f}s): {what}"
+            )
         return out
 
     def task_of(self, task_index: int, *, episode: int | None = None) -> str:

@@ -42,6 +42,10 @@ def _column_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> Any:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     t = arr.type
     if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = t.value_type
+        if not (pa.types.is_integer(inner) or pa.types.is_floating(inner)
+                or pa.types.is_boolean(inner)) or arr.null_count:
+            return arr.to_pylist()  # rows of records (LeRobot's language columns), or nulls
         values = arr.flatten().to_numpy(zero_copy_only=False)
         return values.reshape(n, -1) if n else values.reshape(0, 0)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_struct(t):
@@ -143,6 +147,7 @@ class TableReader:
                 k: (v[order] if isinstance(v, np.ndarray) else [v[i] for i in order])
                 for k, v in cols.items()
             }
+        self._check_shapes(cols, where, episode)
         from_index = int(meta.episodes.from_index[row])
         problem = checks.global_index(cols["index"], from_index, length)
         for name in self._floats:
@@ -154,10 +159,33 @@ class TableReader:
             raise problem.error(where, episode)
         return EpisodeData(episode=episode, length=length, from_index=from_index, columns=cols)
 
+    def _check_shapes(self, cols: dict[str, Any], where: str, episode: int) -> None:
+        """Each row must hold as many values as info.json's declared shape: a row of 41
+        values for a feature declared ``[17]`` is an error, never a (41,) tensor."""
+        for name, values in cols.items():
+            shape = declared_row_shape(self.meta.features[name])
+            if shape is None or not isinstance(values, np.ndarray) or not len(values):
+                continue
+            got = values.shape[1:]
+            if got != shape and int(np.prod(got)) != int(np.prod(shape)):
+                raise DatasetFormatError(
+                    f"{where}: episode {episode}: feature {name!r} has "
+                    f"{int(np.prod(got))} values per row but info.json declares shape "
+                    f"{list(self.meta.features[name].shape)}"
+                )
+
     def close(self) -> None:
         for handle, _, _ in self._files.values():
             handle.close()
         self._files.clear()
+
+
+def declared_row_shape(feature: Any) -> tuple[int, ...] | None:
+    """The per-row shape a tabular feature's column must have (None: not checked)."""
+    if feature.dtype in ("image", "video", "string", "language"):
+        return None
+    shape = tuple(feature.shape)
+    return () if shape == (1,) else shape
 
 
 def image_frames(ep: EpisodeData, key: str, indices: np.ndarray) -> Any:

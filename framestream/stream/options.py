@@ -32,7 +32,12 @@ class StreamOptions:
         1e-4, "largest allowed gap (s) between a queried and a decoded timestamp", minimum=0
     )
     return_uint8: bool = _opt(
-        False, "cameras as uint8 instead of float32 in [0, 1]: 4x fewer bytes to move"
+        False,
+        "RGB video cameras as uint8 instead of float32 in [0, 1]: 4x fewer bytes to move "
+        "(PNG image features and depth stay float32, as in LeRobot)",
+    )
+    depth_output_unit: Literal["mm", "m"] = _opt(
+        "mm", "depth cameras in millimetres (rounded, float32) or metres, as in LeRobot"
     )
     channels_last: bool = _opt(
         False,

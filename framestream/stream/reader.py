@@ -20,7 +20,7 @@ import torch
 from framestream._errors import FramestreamError
 from framestream.decode import buffers as _buffers
 from framestream.decode.planar import to_planar
-from framestream.decode.video import DecoderCache, decode_episode_frames
+from framestream.decode.video import DEPTH_PIX_FMT, DecoderCache, decode_episode_frames
 from framestream.decode.yuv import COLORSPACE_SUFFIX
 from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
@@ -74,6 +74,7 @@ class SegmentReader:
         image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
         decode_chunk: int = 16,
         channels_last: bool = False,
+        depth_output_unit: str = "mm",
         pixel_format: str = "rgb",
         cursor: int = 0,
         produced_pending: Sequence[int] = (),
@@ -84,6 +85,7 @@ class SegmentReader:
         self.return_uint8, self.image_transforms = return_uint8, image_transforms
         self.decode_chunk = decode_chunk
         self.channels_last = channels_last
+        self.depth_output_unit = depth_output_unit
         self.yuv: dict[str, int] | None = {} if pixel_format == "yuv420" else None
         try:
             self.ep: EpisodeData = tables.read(segment.episode)
@@ -115,6 +117,7 @@ class SegmentReader:
             return
         relative = self.meta.video_file(self.ep.episode, key)
         from_ts = self.meta.video_from_timestamp(self.ep.episode, key)
+        depth = self.meta.features[key].is_depth
         frames = decode_episode_frames(
             self.decoders,
             relative=relative,
@@ -124,13 +127,16 @@ class SegmentReader:
             timestamps=self.ep.timestamps[todo].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
-            pixel_format="rgb" if self.yuv is None else "yuv420",
+            pixel_format=(
+                DEPTH_PIX_FMT if depth else "rgb" if self.yuv is None else "yuv420"
+            ),
             span=self._span(cam, from_ts),
             frame_shape=declared_frame_shape(self.meta.features[key]),
         )
         arr = frames.numpy()
-        if self.yuv is not None:  # I420 (H*3/2, W) frames, kept as they are
-            self.yuv[key] = self.decoders.colorspace(relative, span=self._span(cam, from_ts)) or 2
+        if self.yuv is not None and not depth:  # I420 (H*3/2, W) frames, kept as they are
+            span = self._span(cam, from_ts)
+            self.yuv[key] = self.decoders.colorspace(relative, span=span) or 2
             shape = arr.shape[1:]
         else:
             h, w, c = arr.shape[1:]
@@ -138,8 +144,12 @@ class SegmentReader:
         for i, f in enumerate(todo.tolist()):
             # Own (recycled) memory per frame, so a chunk is freed frame by frame, laid out
             # once in the output's memory order for every sample that reuses the frame.
-            own = _buffers.take(shape).numpy()
-            if self.channels_last or self.yuv is not None:
+            own = (
+                _buffers.take(shape).numpy()
+                if arr.dtype == np.uint8
+                else np.empty(shape, dtype=arr.dtype)  # depth codes (uint16)
+            )
+            if self.channels_last or (self.yuv is not None and not depth):
                 own[...] = arr[i]
             else:
                 to_planar(arr[i], own)
@@ -214,4 +224,6 @@ class SegmentReader:
             return_uint8=self.return_uint8,
             channels_last=self.channels_last,
             image_transforms=self.image_transforms,
+            depth_output_unit=self.depth_output_unit,
+            python_scalars=True,
         )

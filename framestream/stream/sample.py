@@ -6,6 +6,7 @@ episode's tabular arrays and its decoded uint8 frames), so the two cannot drift 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from framestream.decode import buffers as _buffers
+from framestream.decode.depth import DepthCoding, dequantize
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData
 
@@ -91,20 +93,25 @@ def window_indices(frame: int, offsets: np.ndarray, length: int) -> tuple[np.nda
     return np.clip(raw, 0, length - 1), (raw < 0) | (raw >= length)
 
 
+RAW_DTYPES = ("string", "language")  # handed out as the stored Python value
+
+
 def _to_tensor(value: Any, dtype: str) -> Any:
-    if dtype == "string":
+    """A column value as LeRobot gives it: every float as float32, every integer (signed or
+    not) as int64, bool as bool; strings and language rows as the stored Python value."""
+    if dtype in RAW_DTYPES:
         return value
     if isinstance(value, np.ndarray):
+        if value.dtype.kind == "u":
+            value = value.astype(np.int64)  # torch has no uint16/32/64 arithmetic
         t = torch.from_numpy(np.array(value, copy=True))
     else:
         t = torch.as_tensor(value)
-    if dtype == "float64":
-        return t.to(torch.float64)
     if dtype.startswith("float"):
         return t.to(torch.float32)
     if dtype == "bool":
         return t.to(torch.bool)
-    return t.to(torch.int64) if dtype.startswith("int") else t
+    return t.to(torch.int64) if dtype.startswith(("int", "uint")) else t
 
 
 def typed_column(ep: EpisodeData, key: str, dtype: str) -> np.ndarray | None:
@@ -139,6 +146,8 @@ def stack_frames(frames: Sequence[np.ndarray] | np.ndarray, *, channels_last: bo
     """
     if isinstance(frames, np.ndarray):
         tensor = torch.from_numpy(frames)
+    elif frames[0].dtype != np.uint8:  # depth codes (uint16): not from the uint8 pool
+        tensor = torch.from_numpy(np.stack(frames))
     else:
         tensor = _buffers.take((len(frames), *frames[0].shape))
         np.stack(frames, out=tensor.numpy())
@@ -153,6 +162,27 @@ def image_to_output(frames: torch.Tensor, *, return_uint8: bool) -> torch.Tensor
     return frames if return_uint8 else frames.to(torch.float32).div_(255.0)
 
 
+@functools.cache
+def _depth_coding(info_items: tuple[tuple[str, Any], ...]) -> DepthCoding:
+    return DepthCoding.from_info(dict(info_items))
+
+
+def _camera_output(
+    frames: torch.Tensor, feature: Any, *, return_uint8: bool, depth_output_unit: str
+) -> torch.Tensor:
+    """Stacked (T, C, H, W) frames of one camera in LeRobot's output type.
+
+    RGB video: float32 in [0, 1], or uint8 with ``return_uint8``. ``image`` (PNG) features:
+    always float32 in [0, 1] (LeRobot decodes them with PIL + ToTensor). Depth video: float32
+    in ``depth_output_unit`` (``return_uint8`` does not apply).
+    """
+    if feature.dtype == "video" and feature.is_depth:
+        info = tuple(sorted((k, v) for k, v in feature.info.items() if k.startswith("video.")
+                            and not isinstance(v, dict | list)))
+        return dequantize(frames, _depth_coding(info), depth_output_unit)
+    return image_to_output(frames, return_uint8=return_uint8 and feature.dtype == "video")
+
+
 def build_sample(
     ep: EpisodeData,
     frame: int,
@@ -163,13 +193,20 @@ def build_sample(
     return_uint8: bool,
     image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
     channels_last: bool = False,
+    depth_output_unit: str = "mm",
+    python_scalars: bool = False,
 ) -> dict[str, Any]:
-    """The sample of ``frame`` of ``ep``.
+    """The sample of ``frame`` of ``ep``, with LeRobot 0.6.1's keys, dtypes and shapes.
 
     ``camera_frames(key, episode_frame_indices)`` returns the uint8 frames of a camera at
     those (already clamped) indices in the output's memory order (:func:`in_layout`), as a
     list of shared frames (copied into the sample) or as one 4-D array that the sample may
     keep (a frame handed over on its last use); :func:`stack_frames` lays them out.
+
+    A video key with a one-step window is squeezed to (C, H, W) (LeRobot squeezes the
+    decoder's T axis); other keys keep (T, ...) under a window. ``python_scalars`` gives
+    scalar features outside a window as Python numbers, as LeRobot's streaming class does
+    (its map-style class gives 0-d tensors).
     """
     out: dict[str, Any] = Sample()
     length = ep.length
@@ -186,21 +223,30 @@ def build_sample(
             out[key] = torch.from_numpy(col[idx]) if col is not None else [value[i] for i in idx]
             out[f"{key}_is_pad"] = torch.from_numpy(pad)
         elif col is not None:
-            out[key] = torch.from_numpy(np.array(col[frame]))
+            row = col[frame]
+            out[key] = (
+                row.item()
+                if python_scalars and row.ndim == 0
+                else torch.from_numpy(np.array(row))
+            )
         else:
             out[key] = _to_tensor(value[frame], dtype)
     for key in meta.camera_keys:
+        feature = features[key]
+        kind = dict(return_uint8=return_uint8, depth_output_unit=depth_output_unit)
         if key in spec.offsets:
             idx, pad = window_indices(frame, spec.offsets[key], length)
             frames = stack_frames(camera_frames(key, idx), channels_last=channels_last)
-            img = image_to_output(frames, return_uint8=return_uint8)
+            img = _camera_output(frames, feature, **kind)
+            if feature.dtype == "video" and len(idx) == 1:
+                img = img[0]  # LeRobot squeezes a video's one-frame window
             out[f"{key}_is_pad"] = torch.from_numpy(pad)
         else:
             frames = stack_frames(
                 camera_frames(key, np.array([frame])), channels_last=channels_last
             )
-            img = image_to_output(frames, return_uint8=return_uint8)[0]
-        if image_transforms is not None:
+            img = _camera_output(frames, feature, **kind)[0]
+        if image_transforms is not None and not feature.is_depth:
             img = image_transforms(img)
         out[key] = img
     task_index = int(ep.columns["task_index"][frame])

@@ -138,6 +138,7 @@ class WorkerStream:
                 counters=self.counters,
                 return_uint8=opts.return_uint8,
                 channels_last=opts.channels_last,
+                depth_output_unit=opts.depth_output_unit,
                 pixel_format=opts.pixel_format,
                 image_transforms=spec.image_transforms,
                 cursor=sch.cursor(rid),

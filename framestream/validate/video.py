@@ -44,10 +44,8 @@ class VideoChecks(Checker):
     def check_video_ranges(self) -> None:
         meta, eps = self.meta, self.meta.episodes
         where = self.where("meta/episodes")
-        half = 0.5 / meta.fps
         for key in meta.video_keys:
             problems = meta.video_position_problems(key)
-            vid = eps.videos[key]
             for row in range(len(eps)):
                 e = int(eps.episode_index[row])
                 if row in problems:
@@ -59,19 +57,25 @@ class VideoChecks(Checker):
                         camera=key,
                         file=meta.video_file(e, key),
                     )
-                    continue
-                span, need = vid.to_ts[row] - vid.from_ts[row], eps.length[row] / meta.fps
-                if span > need + half:
-                    self.add(
-                        "warning",
-                        "video_range",
-                        f"{where}: episode {e}, camera {key!r}: from_timestamp .. to_timestamp "
-                        f"spans {span:.6f}s, more than its {int(eps.length[row])} frames "
-                        f"({need:.6f}s); the extra video frames are never read",
-                        episode=e,
-                        camera=key,
-                        file=meta.video_file(e, key),
-                    )
+            # What LeRobot reads fine (a to_timestamp at the last frame's time, a longer range):
+            # a warning, one per camera and kind, naming the episodes.
+            groups: dict[str, list[int]] = {}
+            warned = meta.video_position_warnings(key)
+            for row, message in warned.items():
+                groups.setdefault(message.rsplit("): ", 1)[-1], []).append(row)
+            for what, rows in groups.items():
+                e = [int(eps.episode_index[r]) for r in rows]
+                self.add(
+                    "warning",
+                    "video_range",
+                    f"{where}: camera {key!r}: {len(e)} episode(s) ({_episodes_text(e)}): "
+                    f"from_timestamp .. to_timestamp disagrees with the episode's length: "
+                    f"{what}; LeRobot and framestream read the frames at from_timestamp + "
+                    f"frame / fps (first: episode {e[0]}: {warned[rows[0]]})",
+                    episode=e[0],
+                    camera=key,
+                    file=meta.video_file(e[0], key),
+                )
 
     def _open_av(self, rel: str) -> tuple[Any, Any]:
         """A PyAV container, and the file object under it to close too (remote sources)."""
