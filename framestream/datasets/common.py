@@ -42,9 +42,19 @@ class Publisher:
         self.board.add(self.slot, deltas | memory)
 
 
-def check_not_all_skipped(stream: WorkerStream, url: str) -> None:
-    """on_error='skip' must not turn a broken dataset into a quiet, empty epoch."""
+def check_not_all_skipped(
+    stream: WorkerStream, url: str, totals: Mapping[str, int], planned: int
+) -> None:
+    """on_error='skip' must not turn a broken dataset into a quiet, empty epoch.
+
+    Raised by the stream that finds, when it ends, that its rank has delivered nothing and
+    skipped every sample it was planned to give (``totals``: the rank's shared counters, which
+    every finished worker has published): the last worker of the rank to finish sees it. A
+    worker whose own share was all bad stays quiet while its rank's others deliver.
+    """
     if stream.counters.samples or not stream.skipped:
+        return
+    if totals.get("samples", 0) > 0 or totals.get("skipped_samples", 0) < planned:
         return
     reasons: dict[str, int] = {}
     for k, v in stream.counters.extra.items():

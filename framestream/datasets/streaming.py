@@ -307,7 +307,8 @@ class StreamingLeRobotDataset(
         self._stream = stream
         try:
             yield from stream
-            check_not_all_skipped(stream, self.meta.source.url)
+            planned = self.num_samples(num_workers=num_workers)
+            check_not_all_skipped(stream, self.meta.source.url, self._board.totals(), planned)
         finally:
             stream.close()
 
