@@ -30,7 +30,9 @@ def lerobot_python() -> Path | None:
     candidates = [Path(env)] if env else []
     candidates.append(REPO / ".lerobot-venv" / "bin" / "python")
     for c in candidates:
-        if c.exists():
+        # os.access, not exists(): a LeRobot env built by root is not runnable by other users
+        # (its interpreter lives under /root), and exists() raises there.
+        if os.path.isfile(c) and os.access(c, os.X_OK):
             return c
     return None
 

@@ -20,8 +20,8 @@ from framestream.testing.synth import generate_synthetic_dataset
 LEROBOT_PYTHON = find_lerobot_python()
 needs_lerobot = pytest.mark.skipif(
     LEROBOT_PYTHON is None,
-    reason="no LeRobot environment (set FRAMESTREAM_LEROBOT_PYTHON, or make "
-    "/work/lerobot-venv or .lerobot-venv)",
+    reason="no LeRobot environment this user can run (set FRAMESTREAM_LEROBOT_PYTHON, or "
+    "build .lerobot-venv with ../shared/lerobot-reference/setup.sh)",
 )
 
 

@@ -22,13 +22,14 @@ LEROBOT_WARMUP_BATCHES = 5
 
 
 def find_lerobot_python() -> str | None:
-    """A Python with LeRobot: ``FRAMESTREAM_LEROBOT_PYTHON``, ``/work/lerobot-venv`` or
-    ``.lerobot-venv`` in the current folder (None when none exists)."""
+    """A Python with LeRobot: ``FRAMESTREAM_LEROBOT_PYTHON``, else ``.lerobot-venv`` in the
+    current folder (None when none exists or this user cannot run it)."""
     env = os.environ.get("FRAMESTREAM_LEROBOT_PYTHON")
     candidates = [env] if env else []
-    candidates += ["/work/lerobot-venv/bin/python", ".lerobot-venv/bin/python"]
+    candidates.append(".lerobot-venv/bin/python")
     for c in candidates:
-        if c and (Path(c).is_file() or shutil.which(c)):
+        path = c if os.sep in c else shutil.which(c)
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
             return c
     return None
 
