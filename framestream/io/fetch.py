@@ -24,6 +24,7 @@ import fsspec
 
 from framestream._errors import SourceError
 from framestream.io.cache import CachedFile, IOCounters, RemoteInfo, cache_key
+from framestream.io.ranged import SizedRaw
 from framestream.io.remote import (
     RangeNotSupportedError,
     RemoteChangedError,
@@ -357,26 +358,12 @@ class _PinnedReader(io.BufferedReader):
             self._pin.release()
 
 
-class _RemoteRaw(io.RawIOBase):
+class _RemoteRaw(SizedRaw):
     """A remote file read in place with retried range requests (used without a cache)."""
 
     def __init__(self, source: RemoteReads, relative: str, size: int) -> None:
         self._source, self._rel, self._size, self._pos = source, relative, size, 0
         self.name = source.describe(relative)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
 
     def readinto(self, buffer: Any) -> int:
         n = min(len(buffer), self._size - self._pos)

@@ -9,12 +9,12 @@ the column chunks one by one), each a byte-cache entry (:mod:`framestream.io.spa
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from framestream.io.mp4index import coalesce
+from framestream.io.ranged import SizedRaw
 from framestream.io.remote import RangeNotSupportedError
 
 __all__ = ["RangedParquet", "row_group_span", "subtract"]
@@ -40,7 +40,7 @@ def subtract(ranges: Iterable[tuple[int, int]], have: Sequence[tuple[int, int]])
     return out
 
 
-class RangedParquet(io.RawIOBase):
+class RangedParquet(SizedRaw):
     """A remote parquet file for pyarrow that holds only the byte ranges it was asked for.
 
     A read outside what is held fetches exactly that (pyarrow's footer read: one request);
@@ -53,20 +53,6 @@ class RangedParquet(io.RawIOBase):
         self._reader, self._rel, self._size, self._pos = reader, relative, size, 0
         self.name = reader.source.describe(relative)
         self._held: dict[int, bytes] = {}
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
 
     def _fetch(self, a: int, b: int, kind: str) -> bytes:
         try:

@@ -53,6 +53,28 @@ class OutsideFetchedRangeError(OSError):
     """A read at a byte position that was not fetched."""
 
 
+class SizedRaw(io.RawIOBase):
+    """A read-only, seekable raw file of known ``_size`` with a ``_pos``: subclasses only
+    implement ``readinto`` (remote in-place reads, ranged parquet)."""
+
+    _size: int
+    _pos: int
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+
 class RangedFile(io.RawIOBase):
     """A seekable, read-only view of a ``size``-byte file made of fetched ``{offset: bytes}``.
 

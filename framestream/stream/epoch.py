@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from framestream.stream.stats import LOCK_TIMEOUT_S, MAX_SLOTS
+from framestream.stream.stats import MAX_SLOTS, timed_lock
 
 __all__ = ["EpochClock", "PassInfo", "SkipEvent"]
 
@@ -64,14 +63,8 @@ class EpochClock:
         self._head[_ARMED] = 1  # the first pass streams epoch 0
         self._head[_PENDING_GEN] = -1
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        held = self._lock.acquire(timeout=LOCK_TIMEOUT_S)
-        try:
-            yield
-        finally:
-            if held:
-                self._lock.release()
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return timed_lock(self._lock)
 
     # ------------------------------------------------------------ the training process
     @property

@@ -41,6 +41,18 @@ MAX_SLOTS = 129  # worker ids 0..127 plus the main process
 LOCK_TIMEOUT_S = 2.0
 
 
+@contextlib.contextmanager
+def timed_lock(lock: Any) -> Iterator[None]:
+    """Hold a shared lock, but never wait forever: a worker killed while holding it (during a
+    publication) would otherwise block every later one."""
+    held = lock.acquire(timeout=LOCK_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        if held:
+            lock.release()
+
+
 class StatsBoard:
     slots = MAX_SLOTS  # rows: one per DataLoader worker id, plus the main process
 
@@ -57,15 +69,8 @@ class StatsBoard:
     def epoch(self, value: int) -> None:
         self._epoch.value = int(value)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        # A worker killed while publishing would leave the lock held: never wait forever.
-        held = self._lock.acquire(timeout=LOCK_TIMEOUT_S)
-        try:
-            yield
-        finally:
-            if held:
-                self._lock.release()
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return timed_lock(self._lock)
 
     def add(self, slot: int, deltas: dict[str, float]) -> None:
         base = (slot % MAX_SLOTS) * len(FIELDS)
