@@ -50,10 +50,7 @@ UNLAYERED = {"framestream", "framestream.__main__"}
 # occurs makes the test fail too, so that the list only ever shrinks.
 ALLOWED_UPWARD: set[tuple[str, str]] = set()
 # Modules allowed over MAX_LINES for now, with the reason (none at the moment).
-ALLOWED_LONG: dict[str, str] = {
-    # Being extended for byte-range reads (issue 15); split (boxes / index / spans) after that.
-    "framestream.io.mp4index": "issue 15 in progress",
-}
+ALLOWED_LONG: dict[str, str] = {}
 
 
 # ----------------------------------------------------------------------------- the graph

@@ -21,7 +21,7 @@ from framestream._errors import TimestampToleranceError, VideoDecodeError
 from framestream.decode.memory import prepare_decoding_process
 from framestream.format import checks
 from framestream.io.cache import CachedFile
-from framestream.io.mp4index import Mp4Error
+from framestream.io.mp4boxes import Mp4Error
 from framestream.io.remote import RangeNotSupportedError
 from framestream.io.source import Source
 

@@ -1,4 +1,4 @@
-"""The sample index of an MP4's video track, read from its ``moov`` box alone.
+"""The sample index of an MP4's video track, and the byte ranges a time range of it needs.
 
 The point is to fetch only the bytes of some episodes of a camera's mp4 (LeRobot v3.0 packs
 several episodes, one after the other, into one file): the ``moov`` box says where every
@@ -7,137 +7,28 @@ sync sample (keyframe). From that, :func:`episode_ranges` gives the byte ranges 
 range of an episode needs: from the sync sample at or before its first needed frame through
 the last packet (in decode order) of any frame presented in the range.
 
-* :func:`locate_moov` finds the ``moov`` box in one read (the first 64 KiB) when it is at
-  the front, two when it is at the end (one more read where ``mdat`` ends), and
-  :func:`read_moov` needs a third only when the ``moov`` did not fit in the last read.
-* :func:`parse_moov` builds an :class:`Mp4Index` of the first video track: offsets, sizes,
-  decode/presentation timestamps (with the edit list applied the way FFmpeg's mov demuxer
-  does, so ``pts`` matches the ``pts_seconds`` torchcodec reports) and sync flags.
+* :func:`index_file` reads the ``moov`` (:func:`framestream.io.mp4boxes.read_moov`, at most
+  three reads) and :func:`parse_moov` builds an :class:`Mp4Index` of the first video track
+  from its sample tables (:mod:`framestream.io.mp4tables`).
 * :meth:`Mp4Index.to_bytes` / :meth:`Mp4Index.from_bytes` serialise it (an ``.npz``) for a
   cache, together with the file size and ETag it was built from.
-
-Fragmented MP4 (``moof`` boxes, ``mvex`` in ``moov``) is refused with :class:`Mp4Error`.
+* :func:`sample_span`, :func:`needed_samples` and :func:`episode_ranges` say which packets
+  and bytes a time range needs; :func:`coalesce` merges byte ranges.
 """
 
 from __future__ import annotations
 
 import heapq
 import io
-import struct
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-ReadAt = Callable[[int, int], bytes]
-"""``read_at(offset, length) -> bytes``: one ranged read (may return fewer at end of file)."""
-
-HEAD_PROBE = 64 * 1024
-"""Bytes read from the start of the file by :func:`locate_moov`."""
+from framestream.io.mp4boxes import Buffer, ReadAt, read_moov
+from framestream.io.mp4tables import video_track
 
 PROBE_MIN = 2048
 """Bytes FFmpeg reads from the start of a file to probe its format (``PROBE_BUF_MIN``)."""
-
-
-class Mp4Error(ValueError):
-    """The file is not an MP4 this module can index (or it is damaged)."""
-
-
-# --------------------------------------------------------------------------------------
-# boxes
-# --------------------------------------------------------------------------------------
-
-
-def _box_header(buf: bytes | memoryview, pos: int, end: int) -> tuple[bytes, int, int] | None:
-    """``(type, header_len, box_size)`` of the box at ``pos`` (``box_size`` 0: to ``end``)."""
-    if pos + 8 > len(buf):
-        return None
-    size, typ = struct.unpack_from(">I4s", buf, pos)
-    hdr = 8
-    if size == 1:
-        if pos + 16 > len(buf):
-            return None
-        (size,) = struct.unpack_from(">Q", buf, pos + 8)
-        hdr = 16
-    elif size == 0:
-        size = end - pos
-    if size < hdr:
-        raise Mp4Error(f"bad box size {size} for {typ!r} at {pos}")
-    return bytes(typ), hdr, size
-
-
-def _children(buf: memoryview, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """``(type, payload_start, payload_end)`` of each box in ``buf[start:end]``."""
-    pos = start
-    while pos + 8 <= end:
-        h = _box_header(buf, pos, end)
-        if h is None:
-            break
-        typ, hdr, size = h
-        if pos + size > end:
-            raise Mp4Error(f"box {typ!r} at {pos} overruns its parent ({pos + size} > {end})")
-        yield typ, pos + hdr, pos + size
-        pos += size
-
-
-def _find(buf: memoryview, start: int, end: int, typ: bytes) -> tuple[int, int] | None:
-    for t, s, e in _children(buf, start, end):
-        if t == typ:
-            return s, e
-    return None
-
-
-def locate_moov(read_at: ReadAt, size: int) -> tuple[int, int]:
-    """``(offset, length)`` of the top-level ``moov`` box, in at most two reads.
-
-    Reads the first :data:`HEAD_PROBE` bytes and walks the top-level boxes (``ftyp``,
-    ``free``, ``mdat``, ``moov``...; 64-bit sizes too) by their headers. When a box header
-    lies beyond what was read (the ``moov`` after a large ``mdat``: ``mdat``'s offset + size),
-    one more read of up to :data:`HEAD_PROBE` bytes there brings it, and usually the boxes
-    after it too (a small ``moov`` entirely). Raises :class:`Mp4Error` for a fragmented file
-    (``moof``/``sidx``/``styp`` before any ``moov``) or when there is no ``moov``.
-    """
-    return _locate(read_at, size)[:2]
-
-
-def _locate(read_at: ReadAt, size: int) -> tuple[int, int, bytes, int]:
-    """``(moov offset, moov length, window, window offset)``: the last bytes read with it."""
-    base, buf = 0, read_at(0, min(HEAD_PROBE, size))
-    pos = 0
-    while pos < size:
-        if not (base <= pos and pos + min(16, size - pos) <= base + len(buf)):
-            base, buf = pos, read_at(pos, min(HEAD_PROBE, size - pos))
-        h = _box_header(buf, pos - base, size - base)
-        if h is None:
-            raise Mp4Error(f"truncated box header at {pos} (file size {size})")
-        typ, _hdr, box = h
-        if typ == b"moov":
-            if pos + box > size:
-                raise Mp4Error(f"moov at {pos} ({box} bytes) runs past the end ({size})")
-            return pos, box, buf, base
-        if typ in (b"moof", b"mfra", b"sidx", b"styp"):
-            raise Mp4Error(f"fragmented MP4 ({typ.decode()} box at {pos}) is not supported")
-        if pos == 0 and typ != b"ftyp":
-            if typ not in (b"free", b"skip", b"wide", b"mdat", b"pdin", b"uuid"):
-                raise Mp4Error(f"not an MP4 file (first box {typ!r})")
-        pos += box
-    raise Mp4Error("no moov box in the file")
-
-
-def read_moov(read_at: ReadAt, size: int) -> tuple[int, bytes]:
-    """``(offset, moov bytes)`` in at most three reads (fewer when a read already holds it)."""
-    off, length, buf, base = _locate(read_at, size)
-    if base <= off and off + length <= base + len(buf):
-        return off, bytes(buf[off - base : off - base + length])
-    data = read_at(off, length)
-    if len(data) != length:
-        raise Mp4Error(f"short read of moov: {len(data)} of {length} bytes")
-    return off, data
-
-
-# --------------------------------------------------------------------------------------
-# the index
-# --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, eq=False)
@@ -298,192 +189,8 @@ class Mp4Index:
         return etag is None or self.etag is None or etag == self.etag
 
 
-def _full_box(buf: memoryview, s: int) -> tuple[int, int]:
-    v = buf[s]
-    flags = int.from_bytes(buf[s + 1 : s + 4], "big")
-    return v, flags
-
-
-def _table(buf: memoryview, s: int, e: int, *fields: str, skip: int = 0) -> np.ndarray:
-    """An entry-count-prefixed table after a full-box header (+ ``skip`` bytes)."""
-    (n,) = struct.unpack_from(">I", buf, s + 4 + skip)
-    dt = np.dtype([(f"f{i}", ">" + c) for i, c in enumerate(fields)])  # e.g. ("u4", "i4")
-    start = s + 8 + skip
-    if start + n * dt.itemsize > e:
-        raise Mp4Error(f"sample table of {n} entries overruns its box")
-    return np.frombuffer(buf, dtype=dt, count=n, offset=start)
-
-
-def _parse_trak(buf: memoryview, s: int, e: int, movie_timescale: int) -> Mp4Index | None:
-    mdia = _find(buf, s, e, b"mdia")
-    if mdia is None:
-        return None
-    hdlr = _find(buf, *mdia, b"hdlr")
-    if hdlr is None or bytes(buf[hdlr[0] + 8 : hdlr[0] + 12]) != b"vide":
-        return None
-    track_id = 0
-    tkhd = _find(buf, s, e, b"tkhd")
-    if tkhd is not None:
-        v, _ = _full_box(buf, tkhd[0])
-        track_id = struct.unpack_from(">I", buf, tkhd[0] + (20 if v == 1 else 12))[0]
-    mdhd = _find(buf, *mdia, b"mdhd")
-    if mdhd is None:
-        raise Mp4Error("video track without mdhd")
-    v, _ = _full_box(buf, mdhd[0])
-    timescale = struct.unpack_from(">I", buf, mdhd[0] + (20 if v == 1 else 12))[0]
-    if timescale == 0:
-        raise Mp4Error("mdhd timescale is 0")
-    minf = _find(buf, *mdia, b"minf")
-    stbl = _find(buf, *minf, b"stbl") if minf is not None else None
-    if stbl is None:
-        raise Mp4Error("video track without stbl")
-    boxes = {t: (bs, be) for t, bs, be in _children(buf, *stbl)}
-
-    codec = ""
-    if b"stsd" in boxes:
-        ss, se = boxes[b"stsd"]
-        if ss + 16 <= se:
-            codec = bytes(buf[ss + 12 : ss + 16]).decode("latin-1")
-
-    # sizes
-    if b"stsz" in boxes:
-        ss, se = boxes[b"stsz"]
-        fixed, n = struct.unpack_from(">II", buf, ss + 4)
-        if fixed:
-            sizes = np.full(n, fixed, dtype=np.int64)
-        else:
-            if ss + 12 + 4 * n > se:
-                raise Mp4Error("stsz overruns its box")
-            sizes = np.frombuffer(buf, ">u4", n, ss + 12).astype(np.int64)
-    elif b"stz2" in boxes:
-        ss, se = boxes[b"stz2"]
-        field, n = buf[ss + 7], struct.unpack_from(">I", buf, ss + 8)[0]
-        if field == 16:
-            sizes = np.frombuffer(buf, ">u2", n, ss + 12).astype(np.int64)
-        elif field == 8:
-            sizes = np.frombuffer(buf, "u1", n, ss + 12).astype(np.int64)
-        elif field == 4:
-            raw = np.frombuffer(buf, "u1", (n + 1) // 2, ss + 12)
-            sizes = np.stack([raw >> 4, raw & 15], 1).reshape(-1)[:n].astype(np.int64)
-        else:
-            raise Mp4Error(f"stz2 field size {field}")
-    else:
-        raise Mp4Error("no stsz/stz2 box")
-    n = len(sizes)
-
-    # chunk offsets
-    if b"stco" in boxes:
-        chunk_off = _table(buf, *boxes[b"stco"], "u4")["f0"].astype(np.int64)
-    elif b"co64" in boxes:
-        chunk_off = _table(buf, *boxes[b"co64"], "u8")["f0"].astype(np.int64)
-    else:
-        raise Mp4Error("no stco/co64 box")
-
-    if n == 0:
-        if b"mvex" in boxes or len(chunk_off) == 0:
-            raise Mp4Error("the video track has no samples in moov (fragmented MP4?)")
-
-    # sample -> chunk
-    stsc = _table(buf, *boxes[b"stsc"], "u4", "u4", "u4") if b"stsc" in boxes else None
-    if stsc is None or len(stsc) == 0:
-        raise Mp4Error("no stsc entries")
-    first = stsc["f0"].astype(np.int64) - 1
-    per = stsc["f1"].astype(np.int64)
-    nchunks = len(chunk_off)
-    runs = np.diff(np.append(first, nchunks))
-    if np.any(runs < 0) or first[0] != 0:
-        raise Mp4Error("malformed stsc")
-    per_chunk = np.repeat(per, runs)
-    chunk_of = np.repeat(np.arange(nchunks), per_chunk)
-    if len(chunk_of) < n:
-        raise Mp4Error(f"stsc/stco describe {len(chunk_of)} samples, stsz {n}")
-    chunk_of = chunk_of[:n]
-    ends = np.cumsum(sizes)
-    starts = ends - sizes
-    chunk_first_sample = np.searchsorted(chunk_of, np.arange(nchunks), side="left")
-    first_of_mine = chunk_first_sample[chunk_of]
-    offsets = chunk_off[chunk_of] + (starts - starts[np.minimum(first_of_mine, n - 1)])
-
-    # decode times
-    if b"stts" not in boxes:
-        raise Mp4Error("no stts box")
-    stts = _table(buf, *boxes[b"stts"], "u4", "u4")
-    deltas = np.repeat(stts["f1"].astype(np.int64), stts["f0"].astype(np.int64))
-    if len(deltas) < n:
-        deltas = np.append(deltas, np.full(n - len(deltas), deltas[-1] if len(deltas) else 1))
-    deltas = deltas[:n]
-    dts = np.concatenate([[0], np.cumsum(deltas)[:-1]]).astype(np.int64)
-
-    # composition offsets (FFmpeg reads them as signed whatever the version)
-    cts = np.zeros(n, dtype=np.int64)
-    if b"ctts" in boxes:
-        ctts = _table(buf, *boxes[b"ctts"], "u4", "i4")
-        c = np.repeat(ctts["f1"].astype(np.int64), ctts["f0"].astype(np.int64))[:n]
-        cts[: len(c)] = c
-    pts = dts + cts
-
-    if b"stss" in boxes:
-        sync_idx = _table(buf, *boxes[b"stss"], "u4")["f0"].astype(np.int64) - 1
-        is_sync = np.zeros(n, dtype=bool)
-        is_sync[sync_idx[(sync_idx >= 0) & (sync_idx < n)]] = True
-    else:
-        is_sync = np.ones(n, dtype=bool)
-
-    shift = _edit_shift(buf, s, e, timescale, movie_timescale, cts)
-    return Mp4Index(
-        timescale=int(timescale),
-        offset=offsets.astype(np.int64),
-        size=sizes,
-        dts=dts - shift,
-        pts=pts - shift,
-        duration=deltas,
-        is_sync=is_sync,
-        codec=codec,
-        track_id=int(track_id),
-    )
-
-
-def _edit_shift(
-    buf: memoryview, s: int, e: int, timescale: int, movie_timescale: int, cts: np.ndarray
-) -> int:
-    """Ticks to subtract from dts/pts so they match FFmpeg's timestamps.
-
-    Supported: no edit list; empty edits (``media_time`` -1, a presentation delay) followed by
-    one edit at normal rate. More than one non-empty edit is refused.
-    """
-    edts = _find(buf, s, e, b"edts")
-    elst = _find(buf, *edts, b"elst") if edts is not None else None
-    if elst is None:
-        # FFmpeg without an edit list: negative composition offsets shift dts (dts_shift);
-        # pts stay as stored.
-        return 0
-    v, _ = _full_box(buf, elst[0])
-    (count,) = struct.unpack_from(">I", buf, elst[0] + 4)
-    fmt = ">QqhH" if v == 1 else ">IihH"
-    esize = struct.calcsize(fmt)
-    delay = 0
-    media: list[tuple[int, int, int]] = []
-    for i in range(count):
-        dur, mtime, rate_i, _rate_f = struct.unpack_from(fmt, buf, elst[0] + 8 + i * esize)
-        if mtime == -1:
-            if media:
-                raise Mp4Error("empty edit after a media edit is not supported")
-            delay += dur
-            continue
-        media.append((dur, mtime, rate_i))
-    if len(media) > 1:
-        raise Mp4Error(f"edit list with {len(media)} media edits is not supported")
-    if not media:
-        return 0
-    _dur, mtime, rate = media[0]
-    if rate != 1:
-        raise Mp4Error(f"edit list rate {rate} is not supported")
-    delay_ticks = delay * timescale // max(movie_timescale, 1)
-    return int(mtime) - int(delay_ticks)
-
-
 def parse_moov(
-    moov: bytes | memoryview,
+    moov: Buffer,
     *,
     file_size: int = -1,
     etag: str | None = None,
@@ -493,33 +200,14 @@ def parse_moov(
 
     ``moov`` is the whole box, header included (as :func:`read_moov` returns it).
     """
-    buf = memoryview(moov)
-    h = _box_header(buf, 0, len(buf))
-    if h is None or h[0] != b"moov":
-        raise Mp4Error("expected a moov box")
-    _, hdr, size = h
-    end = min(size, len(buf))
-    movie_timescale = 1000
-    for typ, s, _e in _children(buf, hdr, end):
-        if typ == b"mvex":
-            raise Mp4Error("fragmented MP4 (mvex in moov) is not supported")
-        if typ == b"mvhd":
-            v, _ = _full_box(buf, s)
-            movie_timescale = struct.unpack_from(">I", buf, s + (20 if v == 1 else 12))[0]
-    for typ, s, e in _children(buf, hdr, end):
-        if typ == b"trak":
-            idx = _parse_trak(buf, s, e, movie_timescale)
-            if idx is not None:
-                return Mp4Index(
-                    **{
-                        **idx.__dict__,
-                        "file_size": file_size,
-                        "etag": etag,
-                        "moov_offset": moov_offset,
-                        "moov_size": size,
-                    }
-                )
-    raise Mp4Error("no video track (hdlr 'vide') in moov")
+    tables, size = video_track(moov)
+    return Mp4Index(
+        **{f.name: getattr(tables, f.name) for f in fields(tables)},
+        file_size=file_size,
+        etag=etag,
+        moov_offset=moov_offset,
+        moov_size=size,
+    )
 
 
 def index_file(read_at: ReadAt, size: int, etag: str | None = None) -> Mp4Index:

@@ -250,7 +250,7 @@ def open_episode(
     """A :class:`RangedFile` holding what decoding the time ``spans`` needs.
 
     One ``read_at`` per coalesced range; pass ``moov`` (the box's bytes, e.g. from
-    :func:`framestream.io.mp4index.read_moov`) to not fetch it again.
+    :func:`framestream.io.mp4boxes.read_moov`) to not fetch it again.
     """
     ranges = needed_ranges(index, spans, gap=gap)
     if moov is not None:
