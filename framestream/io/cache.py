@@ -12,6 +12,7 @@ Layout under ``root``::
     locks/<key>.lock    one lock file per entry (never deleted)
     tmp/<key>.<pid>.<n>.part   downloads in progress
     .lock               held briefly while space is accounted for (reserve, commit, evict)
+    pins/<run>/, pins/<run>.lock   the versions a live run reads (framestream.io.runs)
 
 Safety between processes comes from ``flock``: a reader holds a *shared* lock on the entry's lock
 file for as long as it uses the file (a pin), a downloader holds it *exclusively* while it
@@ -47,8 +48,7 @@ _log = logging.getLogger("framestream")
 # A full disk (or quota): the file is read in place instead, as when the cache's limit is met.
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
-# The counters a source publishes; names as they appear in ``stats()``.
-IO_FIELDS = (
+IO_FIELDS = (  # the counters a source publishes, named as in ``stats()``
     "bytes_fetched",
     "remote_requests",
     "remote_retries",

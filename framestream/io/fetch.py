@@ -175,10 +175,12 @@ class RemoteReads:
 
     def _pin_record(self, relative: str) -> Path | None:
         """Where this run records the version of ``relative`` (None without a cache)."""
-        cache = getattr(self, "cache", None)
-        if cache is None:
+        if getattr(self, "cache", None) is None:
             return None
-        return cache.root / "pins" / self.run_id / f"{cache_key(self._identity(relative))}.json"
+        return self._run_dir() / f"{cache_key(self._identity(relative))}.json"
+
+    def _run_dir(self) -> Path:
+        raise NotImplementedError
 
     def _identity(self, relative: str) -> str:
         raise NotImplementedError

@@ -22,10 +22,11 @@ import json
 import os
 import threading
 import uuid
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import fsspec
@@ -50,6 +51,7 @@ from framestream.io.remote import (
     is_transient,
     resolve_url,
 )
+from framestream.io.runs import RunLease, hold_run, run_dir, sweep_runs
 
 __all__ = ["RemoteChangedError", "RemoteOptions", "Source", "is_transient", "resolve_url"]
 
@@ -115,6 +117,10 @@ class Source(RemoteReads):
                 counters=self.counters,
                 lock_timeout_s=self.remote.lock_timeout_s,
             )
+            sweep_runs(self.cache.root)  # records of runs that are over (crashed ones too)
+        self._lease: RunLease | None = None
+        if self.cache is not None:
+            self._run_dir()  # held from the start: the run's versions outlive its workers
 
     def __getstate__(self) -> dict[str, Any]:
         # Filesystems, pools and locks are re-created in each worker process, not pickled.
@@ -214,6 +220,25 @@ class Source(RemoteReads):
         return f"{self.protocol}|{endpoint}|{self.path(relative)}"
 
     # --------------------------------------------------------------- cache
+    def _run_dir(self) -> Path:
+        """This run's pin-record folder, with this process holding the run (see
+        :mod:`framestream.io.runs`: the folder goes when no process of the run is left)."""
+        assert self.cache is not None
+        with self._lock:
+            if self._lease is None or not self._lease.held:
+                self._lease = hold_run(self.cache.root, self.run_id, self.remote.lock_timeout_s)
+                if self._lease is not None:
+                    weakref.finalize(self, self._lease.release)
+        return run_dir(self.cache.root, self.run_id)
+
+    def close(self) -> None:
+        """End this process's hold on the run: its pin records are removed once no process
+        of the run holds it (also done when the source is garbage-collected or the process
+        exits). Using the source again takes a new hold."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+
     def pin(self, relative: str) -> CachedFile | None:
         """A local copy of ``relative`` that stays in the cache until ``release()``.
 
