@@ -155,6 +155,11 @@ def io_fields(
     return out
 
 
+def no_io() -> dict[str, Any]:
+    """:func:`io_fields`' keys for a local run (nothing fetched): every figure None."""
+    return dict.fromkeys(io_fields({}, {}, data_bytes=None, local_bytes=None))
+
+
 def rank_io(
     cfg: BenchConfig, served: str | None, meta: Any, ds: Any, stats: dict, main_io: dict
 ) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from framestream.bench.config import TARGETS, BenchConfig, effective_warmup
 from framestream.bench.dist import DistInfo, detect_dist, gather_node_sums, init_dist
 from framestream.bench.lerobot_compare import comparison_fields
 from framestream.bench.measure import percentiles, stream_timed
-from framestream.bench.remote import bench_root, link_fields, rank_io, start_server
+from framestream.bench.remote import bench_root, link_fields, no_io, rank_io, start_server
 from framestream.bench.shuffle import expected_distinct_episodes
 from framestream.bench.system import load_avg, machine, versions
 from framestream.bench.windows import resolve_deltas
@@ -392,7 +392,7 @@ def _run_one(
         "decoder_cache_lookups": stats1["decoder_cache_lookups"],
         "decoder_cache_hit_rate": stats1["decoder_cache_hit_rate"],
         **link_fields(cfg),
-        **({} if meta.source.is_local else rank_io(cfg, served, meta, ds, stats1, main_io)),
+        **(no_io() if meta.source.is_local else rank_io(cfg, served, meta, ds, stats1, main_io)),
         "distinct_episodes_per_batch": mean_distinct,
         "expected_distinct_episodes": shuffle_ref["exact"],
         "expected_distinct_episodes_with_replacement": shuffle_ref["with_replacement"],
