@@ -31,6 +31,7 @@ from typing import Any
 from framestream.bench.config import BenchConfig
 from framestream.bench.remote import bench_root, start_server
 
+Run = Callable[[Sequence[BenchConfig]], list[dict[str, Any]]]
 # Summed over ranks into the totals (None where no rank has the figure: a local run).
 SUMMED = (
     "bytes_fetched",
@@ -69,21 +70,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rank_main(out: Any, rank: int, cfg: dict[str, Any], env: dict[str, str]) -> None:
+def _rank_main(out: Any, rank: int, cfg: dict[str, Any], env: dict[str, str], run: Run) -> None:
     """One rank: run the benchmark as that rank and send ``(rank, result)`` back."""
     os.environ.update(env)
     try:
-        from framestream.bench.runner import run_benchmarks
-
-        (result,) = run_benchmarks([BenchConfig(**cfg)])
+        (result,) = run([BenchConfig(**cfg)])
         out.put((rank, result))
     except BaseException:
         out.put((rank, {"error": traceback.format_exc()}))
 
 
-def launch(cfg: BenchConfig, n: int, root: str, served: dict[str, Any] | None) -> list[dict]:
+def launch(
+    cfg: BenchConfig, n: int, root: str, served: dict[str, Any] | None, run: Run
+) -> list[dict]:
     """Run ``cfg`` as ``n`` rank processes (on ``served``'s URL, or on ``root`` locally) and
-    return their results by rank; each remote rank gets a fresh cache unless ``--cache-dir``."""
+    return their results by rank; each remote rank gets a fresh cache unless ``--cache-dir``.
+    ``run`` is :func:`~.runner.run_benchmarks` (passed in: the runner imports this module)."""
     fresh = served is not None and cfg.cache_dir is None
     caches = (
         [tempfile.mkdtemp(prefix=f"framestream-bench-r{r}-") for r in range(n)] if fresh else []
@@ -102,7 +104,9 @@ def launch(cfg: BenchConfig, n: int, root: str, served: dict[str, Any] | None) -
             env = {"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r)}
             env.update(LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
             rank_cfg = dict(base, cache_dir=caches[r] if fresh else cfg.cache_dir)
-            p = ctx.Process(target=_rank_main, args=(out, r, rank_cfg, env), name=f"bench-rank{r}")
+            p = ctx.Process(
+                target=_rank_main, args=(out, r, rank_cfg, env, run), name=f"bench-rank{r}"
+            )
             p.start()
             procs.append(p)
         return _gather(out, procs)
@@ -209,6 +213,7 @@ def combine(cfg: BenchConfig, runs: dict[str, list[list[dict]]]) -> dict[str, An
 
 def run_ranked(
     cfgs: Sequence[BenchConfig],
+    run: Run,
     *,
     progress: Callable[[BenchConfig], Callable[[int], None] | None] | None = None,
     log: Callable[[str], None],
@@ -241,7 +246,9 @@ def run_ranked(
             for rep in range(cfg.repeats):
                 for kind in kinds if rep % 2 == 0 else kinds[::-1]:
                     log(f"{n} rank(s), {kind}, mode={cfg.mode} run {rep + 1}/{cfg.repeats}")
-                    runs[kind].append(launch(cfg, n, root, served if kind == "remote" else None))
+                    runs[kind].append(
+                        launch(cfg, n, root, served if kind == "remote" else None, run)
+                    )
             result = combine(cfg, runs)
             if on_result is not None:
                 on_result(result)

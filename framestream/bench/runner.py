@@ -104,7 +104,7 @@ def run_benchmarks(
     if first.served is None and (first.ranks or first.compare_local or first.repeats > 1):
         from framestream.bench.ranks import run_ranked
 
-        return run_ranked(cfgs, progress=progress, log=say, on_result=on_result)
+        return run_ranked(cfgs, run_benchmarks, progress=progress, log=say, on_result=on_result)
     info = init_dist(detect_dist())
     server = None
     session: _Session | None = None
