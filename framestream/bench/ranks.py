@@ -55,6 +55,7 @@ PER_RANK = (
     "samples_per_s",
     "first_batch_s",
     "setup_s",
+    "cpu_s",
     *SUMMED,
     "needed_basis",
     "fetched_vs_needed",
@@ -70,11 +71,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _cpu_s(children: bool) -> float:
+    """CPU seconds of this process (and of its children that have been waited for).
+
+    Why: on a shared machine samples/s moves with the load; CPU time per sample does not, and
+    shows what the remote path costs the client beyond the local one.
+    """
+    import resource
+
+    usages = [resource.RUSAGE_SELF] + ([resource.RUSAGE_CHILDREN] if children else [])
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, usages))
+
+
 def _rank_main(out: Any, rank: int, cfg: dict[str, Any], env: dict[str, str], run: Run) -> None:
     """One rank: run the benchmark as that rank and send ``(rank, result)`` back."""
     os.environ.update(env)
     try:
+        cpu0 = _cpu_s(children=True)
         (result,) = run([BenchConfig(**cfg)])
+        result["cpu_s"] = _cpu_s(children=True) - cpu0  # its DataLoader workers included
         out.put((rank, result))
     except BaseException:
         out.put((rank, {"error": traceback.format_exc()}))
@@ -99,6 +114,7 @@ def launch(
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = []
+    cpu0 = _cpu_s(children=False)
     try:
         for r in range(n):
             env = {"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r)}
@@ -109,7 +125,9 @@ def launch(
             )
             p.start()
             procs.append(p)
-        return _gather(out, procs)
+        results = _gather(out, procs)
+        results[0]["server_cpu_s"] = _cpu_s(children=False) - cpu0  # the loopback server's
+        return results
     finally:
         for p in procs:
             if p.is_alive():
@@ -156,7 +174,10 @@ def summarize(ranks: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "samples_per_s_sum": sum(r["samples_per_s"] for r in ranks),
         "time_to_first_batch_s": max(r["first_batch_s"] or 0.0 for r in ranks),
         "setup_s": max(r["setup_s"] for r in ranks),
+        "cpu_s": sum(r.get("cpu_s") or 0.0 for r in ranks),
+        "server_cpu_s": ranks[0].get("server_cpu_s"),
     }
+    out["cpu_ms_per_sample"] = 1000 * out["cpu_s"] / samples if samples else None
     for k in SUMMED:
         vals = [r.get(k) for r in ranks]
         out[k] = sum(v for v in vals if v is not None) if any(v is not None for v in vals) else None
@@ -182,6 +203,11 @@ def _median_run(runs: Sequence[list[dict]]) -> int:
     return order[(len(order) - 1) // 2]
 
 
+def _median(runs: Sequence[list[dict]], key: str) -> float | None:
+    vals = [v for v in (summarize(r)[key] for r in runs) if v is not None]
+    return statistics.median(vals) if vals else None
+
+
 def combine(cfg: BenchConfig, runs: dict[str, list[list[dict]]]) -> dict[str, Any]:
     """One result: the median remote (or local) run's rank 0 result, plus every rank's figures
     (``per_rank``), the totals (``total_*``), each repeat's summary and ``vs_local``."""
@@ -190,23 +216,26 @@ def combine(cfg: BenchConfig, runs: dict[str, list[list[dict]]]) -> dict[str, An
     pick = mine[_median_run(mine)]
     result = dict(pick[0])
     total = summarize(pick)
-    rate = statistics.median(summarize(r)["samples_per_s"] for r in mine)
+    rate = _median(mine, "samples_per_s")
     result.update(
         ranks_launched=len(pick),
         repeats=len(mine),
         per_rank=[{k: r.get(k) for k in PER_RANK} for r in pick],
         **{f"total_{k}": v for k, v in total.items() if k != "ranks"},
         epoch_samples_per_s=rate,
+        cpu_ms_per_sample=_median(mine, "cpu_ms_per_sample"),
         time_to_first_batch_s=total["time_to_first_batch_s"],
         runs={k: [summarize(r) for r in v] for k, v in runs.items()},
     )
     if "local" in runs and kind == "remote":
-        local = statistics.median(summarize(r)["samples_per_s"] for r in runs["local"])
-        ttfb = statistics.median(summarize(r)["time_to_first_batch_s"] for r in runs["local"])
+        local = _median(runs["local"], "samples_per_s")
+        cpu = _median(runs["local"], "cpu_ms_per_sample")
         result.update(
             local_epoch_samples_per_s=local,
-            local_time_to_first_batch_s=ttfb,
+            local_time_to_first_batch_s=_median(runs["local"], "time_to_first_batch_s"),
+            local_cpu_ms_per_sample=cpu,
             vs_local=_ratio(rate, local),
+            cpu_vs_local=_ratio(result["cpu_ms_per_sample"], cpu),
         )
     return result
 
