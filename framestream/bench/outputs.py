@@ -320,6 +320,11 @@ def _remote_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
                 f"{_fmt(r.get('total_requests_per_episode'), '', 1)} requests per episode",
             ),
         ]
+    if r.get("cpu_ms_per_sample") is not None:
+        cpu = f"{_fmt(r['cpu_ms_per_sample'], ' ms', 2)} (ranks and their workers)"
+        if r.get("local_cpu_ms_per_sample") is not None:
+            cpu += f"; local {_fmt(r['local_cpu_ms_per_sample'], ' ms', 2)}"
+        rows.append(("CPU per sample", cpu))
     if r.get("vs_local") is not None:
         rows.append(
             (
