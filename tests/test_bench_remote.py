@@ -28,7 +28,7 @@ from framestream.format.meta import DatasetMeta
 from framestream.io.spans import SHORT_SEEK_FILL
 
 REPO = Path(__file__).resolve().parent.parent
-TIMEOUT = 300
+TIMEOUT = 600  # generous: the rank processes crawl on a loaded 2-core machine
 pytestmark = pytest.mark.timeout(TIMEOUT + 60)
 
 

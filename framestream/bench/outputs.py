@@ -282,28 +282,29 @@ def format_summary(r: Mapping[str, Any]) -> str:
 
 def _remote_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Bytes and requests of a remote run, and the totals over ``--ranks`` processes."""
-    if r.get("bytes_fetched") is None:
-        return []
     x = lambda v: _fmt(v, "x", 2)  # noqa: E731
     b = lambda v: "-" if v is None else f"{int(v):,}"  # noqa: E731
     link = f"{r['source']}, fetch={r.get('fetch')}"
     if r.get("link_latency_ms") is not None:
         link += f", {r['link_latency_ms']:g} ms/request, {r['link_mbps']:g} MB/s (0: unlimited)"
-    rows = [
-        ("remote", link),
-        (
-            "fetched / needed",
-            f"{b(r['bytes_fetched'])} / {b(r.get('bytes_needed') or r.get('episode_bytes'))} "
-            f"bytes = {x(r.get('fetched_vs_needed'))} (episode ranges "
-            f"{x(r.get('range_fetched_vs_needed'))}); {x(r.get('fetched_vs_dataset'))} dataset",
-        ),
-        (
-            "requests",
-            f"{r['remote_requests']} ({r.get('index_requests')} index, "
-            f"{r.get('range_requests')} range, {r.get('meta_requests')} metadata); "
-            f"{_fmt(r.get('requests_per_episode'), '', 1)} per episode",
-        ),
-    ]
+    rows: list[tuple[str, str]] = []
+    if r.get("bytes_fetched") is not None:
+        needed = b(r.get("bytes_needed") or r.get("episode_bytes"))
+        rows += [
+            ("remote", link),
+            (
+                "fetched / needed",
+                f"{b(r['bytes_fetched'])} / {needed} bytes = {x(r.get('fetched_vs_needed'))} "
+                f"(episode ranges {x(r.get('range_fetched_vs_needed'))}); "
+                f"{x(r.get('fetched_vs_dataset'))} dataset",
+            ),
+            (
+                "requests",
+                f"{r['remote_requests']} ({r.get('index_requests')} index, "
+                f"{r.get('range_requests')} range, {r.get('meta_requests')} metadata); "
+                f"{_fmt(r.get('requests_per_episode'), '', 1)} per episode",
+            ),
+        ]
     if r.get("ranks_launched"):
         rows += [
             (
@@ -312,6 +313,9 @@ def _remote_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
                 f"{_fmt(r['epoch_samples_per_s'])} samples/s (median of {r['repeats']}); "
                 f"first batch {_fmt(r['time_to_first_batch_s'], ' s', 2)}",
             ),
+        ]
+    if r.get("ranks_launched") and r.get("total_bytes_fetched") is not None:
+        rows += [
             (
                 "all ranks fetched",
                 f"{b(r.get('total_bytes_fetched'))} bytes = "
