@@ -62,6 +62,27 @@ class BenchConfig:
     revision: str | None = None
     cache_dir: str | None = None
     cache_max_bytes: int | None = None
+    # Remote runs (--source s3|http): the link the loopback server shapes, how bytes are
+    # fetched, local rank processes, a whole cold first epoch, the same run on local files.
+    link_latency_ms: float = 0.0
+    link_mbps: float = 0.0  # megabytes (1e6 bytes) per second per connection; 0: unlimited
+    fetch: str = "ranges"
+    ranks: int | None = None
+    first_epoch: bool = False
+    compare_local: bool = False
+    repeats: int = 1
+    served: dict[str, Any] | None = None  # set by --ranks for its rank processes, not a flag
+
+    def __post_init__(self) -> None:
+        if self.first_epoch:  # one whole epoch, timed from the start of iteration
+            self.warmup_batches, self.warmup_epochs, self.max_batches, self.epochs = 0, 0, 0, 1
+            self.seconds = None
+        if self.ranks is not None and self.ranks < 1:
+            raise ValueError(f"--ranks must be >= 1, got {self.ranks}")
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.link_latency_ms < 0 or self.link_mbps < 0:
+            raise ValueError("--link-latency-ms and --link-mbps must be >= 0")
 
     @classmethod
     def matrix_from_args(cls, args: argparse.Namespace) -> list[BenchConfig]:
@@ -255,7 +276,55 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         choices=("local", "s3", "http"),
         default="local",
         help="local: read --root as given (any URL); s3/http: serve --root (a local folder, "
-        "default the synthetic dataset) from a loopback S3/HTTP server and read it from there",
+        "default the synthetic dataset) from a loopback S3/HTTP server and read it from there, "
+        "with a fresh byte cache per run and rank unless --cache-dir is given (a cold start)",
+    )
+    p.add_argument(
+        "--link-latency-ms",
+        type=float,
+        default=0.0,
+        help="with --source s3|http: the server waits this long before answering each request "
+        "(a link's round trip, e.g. 20)",
+    )
+    p.add_argument(
+        "--link-mbps",
+        type=float,
+        default=0.0,
+        help="with --source s3|http: the server sends each answer at most this fast, in MB/s "
+        "(1e6 bytes/s) per connection, e.g. 100; 0: unlimited",
+    )
+    p.add_argument(
+        "--fetch",
+        choices=("ranges", "files"),
+        default="ranges",
+        help="remote reads (RemoteOptions.fetch): each episode's byte ranges, or whole files",
+    )
+    p.add_argument(
+        "--ranks",
+        type=int,
+        default=None,
+        help="run N local rank processes (gloo on 127.0.0.1), each with its own byte cache as "
+        "on separate nodes, sharing one loopback server (--source s3|http); the result has "
+        "per-rank figures and totals",
+    )
+    p.add_argument(
+        "--first-epoch",
+        action="store_true",
+        help="time one whole epoch from the start of iteration (no warm-up, no batch limit): "
+        "samples/s over the epoch and time to first batch; with --source s3|http a cold one",
+    )
+    p.add_argument(
+        "--compare-local",
+        action="store_true",
+        help="also run the same configuration (and ranks) on the local folder the server "
+        "serves, and report vs_local = remote / local samples/s (implies --ranks 1 if unset)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="with --ranks/--compare-local: run each configuration this many times "
+        "(local and remote alternating) and report medians",
     )
     return p
 

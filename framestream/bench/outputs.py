@@ -109,6 +109,14 @@ CSV_FIELDS = (
     "cpu_model",
     "platform",
     "hostname",
+    # remote runs (--source s3|http): how the bytes came, what this rank fetched and needed
+    "fetch",
+    "link_latency_ms",
+    "link_mbps",
+    "bytes_needed",
+    "fetched_vs_needed",
+    "requests_per_episode",
+    "fetched_vs_dataset",
 )
 
 
@@ -265,7 +273,68 @@ def format_summary(r: Mapping[str, Any]) -> str:
                 f"{_fmt(r['vs_lerobot_best'], 'x', 2)} (best: {r['lerobot_best_loader']})",
             )
         )
+    rows += _remote_rows(r)
     for note in r.get("notes") or []:
         rows.append(("note", note))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:>{width}}  {v}" for k, v in rows)
+
+
+def _remote_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Bytes and requests of a remote run, and the totals over ``--ranks`` processes."""
+    x = lambda v: _fmt(v, "x", 2)  # noqa: E731
+    b = lambda v: "-" if v is None else f"{int(v):,}"  # noqa: E731
+    link = f"{r['source']}, fetch={r.get('fetch')}"
+    if r.get("link_latency_ms") is not None:
+        link += f", {r['link_latency_ms']:g} ms/request, {r['link_mbps']:g} MB/s (0: unlimited)"
+    rows: list[tuple[str, str]] = []
+    if r.get("bytes_fetched") is not None:
+        needed = b(r.get("bytes_needed") or r.get("episode_bytes"))
+        rows += [
+            ("remote", link),
+            (
+                "fetched / needed",
+                f"{b(r['bytes_fetched'])} / {needed} bytes = {x(r.get('fetched_vs_needed'))} "
+                f"(episode ranges {x(r.get('range_fetched_vs_needed'))}); "
+                f"{x(r.get('fetched_vs_dataset'))} dataset",
+            ),
+            (
+                "requests",
+                f"{r['remote_requests']} ({r.get('index_requests')} index, "
+                f"{r.get('range_requests')} range, {r.get('meta_requests')} metadata); "
+                f"{_fmt(r.get('requests_per_episode'), '', 1)} per episode",
+            ),
+        ]
+    if r.get("ranks_launched"):
+        rows += [
+            (
+                f"all {r['ranks_launched']} ranks",
+                f"{r['total_samples']} samples in {r['total_elapsed_s']:.2f} s = "
+                f"{_fmt(r['epoch_samples_per_s'])} samples/s (median of {r['repeats']}); "
+                f"first batch {_fmt(r['time_to_first_batch_s'], ' s', 2)}",
+            ),
+        ]
+    if r.get("ranks_launched") and r.get("total_bytes_fetched") is not None:
+        rows += [
+            (
+                "all ranks fetched",
+                f"{b(r.get('total_bytes_fetched'))} bytes = "
+                f"{x(r.get('total_fetched_vs_needed'))} needed, "
+                f"{x(r.get('total_fetched_vs_dataset'))} dataset; "
+                f"{_fmt(r.get('total_requests_per_episode'), '', 1)} requests per episode",
+            ),
+        ]
+    if r.get("cpu_ms_per_sample") is not None:
+        cpu = f"{_fmt(r['cpu_ms_per_sample'], ' ms', 2)} (ranks and their workers)"
+        if r.get("local_cpu_ms_per_sample") is not None:
+            cpu += f"; local {_fmt(r['local_cpu_ms_per_sample'], ' ms', 2)}"
+        rows.append(("CPU per sample", cpu))
+    if r.get("vs_local") is not None:
+        rows.append(
+            (
+                "vs local",
+                f"{x(r['vs_local'])} (local {_fmt(r['local_epoch_samples_per_s'])} samples/s, "
+                f"first batch {_fmt(r['local_time_to_first_batch_s'], ' s', 2)})",
+            )
+        )
+    return rows

@@ -8,9 +8,10 @@ into one flat result dict (the JSON; the CSV is a view of it).
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,9 @@ from framestream.bench.config import TARGETS, BenchConfig, effective_warmup
 from framestream.bench.dist import DistInfo, detect_dist, gather_node_sums, init_dist
 from framestream.bench.lerobot_compare import comparison_fields
 from framestream.bench.measure import percentiles, stream_timed
+from framestream.bench.remote import bench_root, link_fields, no_io, rank_io, start_server
 from framestream.bench.shuffle import expected_distinct_episodes
-from framestream.bench.system import load_avg, load_serve, machine, versions
+from framestream.bench.system import load_avg, machine, versions
 from framestream.bench.windows import resolve_deltas
 
 
@@ -56,7 +58,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _dataset_of(cfg: BenchConfig) -> tuple[Any, ...]:
     """What must be equal for runs to share one dataset setup."""
-    return (cfg.root, cfg.source, cfg.storage_options, cfg.revision, cfg.cache_dir)
+    link = (cfg.link_latency_ms, cfg.link_mbps, cfg.ranks, cfg.compare_local)
+    return (cfg.root, cfg.source, cfg.storage_options, cfg.revision, cfg.cache_dir, *link)
 
 
 @dataclass
@@ -68,6 +71,14 @@ class _Session:
     storage: dict[str, Any]
     local_root: str | None
     ceiling: dict[str, Any] | None = None
+    served: bool = False  # a loopback server serves local_root: fresh caches by default
+    caches: list[str] = field(default_factory=list)  # made for cold runs, removed at the end
+
+    def fresh_cache(self) -> str:
+        import tempfile
+
+        self.caches.append(tempfile.mkdtemp(prefix="framestream-bench-cache-"))
+        return self.caches[-1]
 
 
 def run_benchmarks(
@@ -90,27 +101,31 @@ def run_benchmarks(
     if any(_dataset_of(c) != _dataset_of(first) for c in cfgs[1:]):
         raise ValueError("runs of one invocation must share the dataset and how it is read")
     say = log or (lambda _msg: None)
+    if first.served is None and (first.ranks or first.compare_local or first.repeats > 1):
+        from framestream.bench.ranks import run_ranked
+
+        return run_ranked(cfgs, run_benchmarks, progress=progress, log=say, on_result=on_result)
     info = init_dist(detect_dist())
     server = None
+    session: _Session | None = None
     try:
-        root = first.root
         local_root: str | None = None
         storage = dict(first.storage_options)
-        if root is None:
-            from framestream.testing.default_data import synthetic_dataset
-
-            say("using the synthetic benchmark dataset (generated once, then cached)")
-            root = str(synthetic_dataset(progress=info.rank == 0))
-        if first.source != "local":
-            serve = load_serve()
-            local_root = root
-            server = serve(first.source, local_root)
-            root = server.url
-            storage = {**server.storage_options, **storage}
-            say(f"serving {local_root} over {first.source} at {root}")
-        elif "://" not in root:
-            local_root = root
+        if first.served is not None:  # a server run by the --ranks parent
+            root, local_root = first.served["url"], first.served["local_root"]
+            storage = {**first.served["storage_options"], **storage}
+        else:
+            root = bench_root(first, info.rank, say)
+            if first.source != "local":
+                local_root = root
+                server = start_server(first, local_root)
+                root = server.url
+                storage = {**server.storage_options, **storage}
+                say(f"serving {local_root} over {first.source} at {root}")
+            elif "://" not in root:
+                local_root = root
         session = _Session(info, str(root), storage, local_root)
+        session.served = first.source != "local"
         results = []
         for cfg in cfgs:
             result = _run_one(cfg, session, progress(cfg) if progress else None, say)
@@ -121,6 +136,8 @@ def run_benchmarks(
     finally:
         if server is not None:
             server.stop()
+        for folder in session.caches if session is not None else []:
+            shutil.rmtree(folder, ignore_errors=True)
         if info.initialised_here:
             import torch.distributed as dist
 
@@ -199,13 +216,17 @@ def _run_one(
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     t_setup = time.perf_counter()
+    cache_dir = cfg.cache_dir
+    if cache_dir is None and session.served:
+        cache_dir = session.fresh_cache()  # a cold first epoch, as on a new node
     meta = DatasetMeta(
         Source(
             str(root),
             storage,
             revision=cfg.revision,
-            cache_dir=cfg.cache_dir,
+            cache_dir=cache_dir,
             cache_max_bytes=cfg.cache_max_bytes,
+            remote={"fetch": cfg.fetch},
         )
     )
     features = list(meta.features)
@@ -228,6 +249,8 @@ def _run_one(
         pixel_format=cfg.pixel_format,  # type: ignore[arg-type]
     )
     setup_s = time.perf_counter() - t_setup
+    main_io = meta.source.io_stats()  # the metadata this rank read, before streaming
+    served = local_root if session.served else None
     cameras = len(meta.camera_keys)
     offsets = ds.window.offsets
     per_camera = {k: int(len(offsets[k])) if k in offsets else 1 for k in meta.camera_keys}
@@ -368,10 +391,8 @@ def _run_one(
         "decoder_cache_evictions": stats1["decoder_cache_evictions"],
         "decoder_cache_lookups": stats1["decoder_cache_lookups"],
         "decoder_cache_hit_rate": stats1["decoder_cache_hit_rate"],
-        **{
-            k: stats1.get(k)
-            for k in ("bytes_fetched", "remote_requests", "byte_cache_hits", "byte_cache_misses")
-        },
+        **link_fields(cfg),
+        **(no_io() if meta.source.is_local else rank_io(cfg, served, meta, ds, stats1, main_io)),
         "distinct_episodes_per_batch": mean_distinct,
         "expected_distinct_episodes": shuffle_ref["exact"],
         "expected_distinct_episodes_with_replacement": shuffle_ref["with_replacement"],

@@ -1,4 +1,4 @@
-"""The machine a run happened on: package versions, CPUs, memory, load, and the test servers.
+"""The machine a run happened on: package versions, CPUs, memory and load.
 
 Why in every result: a figure is only comparable with another taken on the same software and
 hardware, and a loaded machine explains an outlier.
@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 
@@ -71,26 +69,3 @@ def load_avg() -> str | None:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return None
-
-
-def load_serve() -> Callable[[str, str], Any]:
-    """``serve(source, local_root)`` from ``benchmarks/streaming/servers.py`` (loopback S3/HTTP).
-
-    Loaded by path and only for ``--source s3|http``: the servers are a benchmark tool, not
-    part of the installed package, and a local run must not depend on them.
-    """
-    import importlib.util
-
-    here = Path(__file__).resolve().parents[2] / "benchmarks" / "streaming" / "servers.py"
-    env = os.environ.get("FRAMESTREAM_BENCH_SERVERS")
-    path = Path(env) if env else here
-    if not path.exists():
-        raise RuntimeError(
-            f"--source s3/http needs benchmarks/streaming/servers.py (looked at {path}); run "
-            "from a framestream checkout or set FRAMESTREAM_BENCH_SERVERS to its path"
-        )
-    spec = importlib.util.spec_from_file_location("framestream_bench_servers", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.serve
