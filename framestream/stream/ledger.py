@@ -1,0 +1,276 @@
+"""The memory ledger: which decoded frames a worker holds, as a pure function of its schedule.
+
+Which frames an episode reader holds decoded depends only on which samples have left (and in
+what order), the window offsets, the decode chunk and the frame sizes: never on timing or on
+pixels. So the bookkeeping lives here, once, and both sides use it: the
+:class:`~framestream.stream.schedule.Schedule` (to keep what a worker holds within its memory
+budget, also while it replays a resume without any reader) and the
+:class:`~framestream.stream.reader.SegmentReader` (which decodes and frees exactly the frames
+the ledger says).
+
+Per open segment and camera it keeps the sorted frames some pending sample uses (``needed``),
+each frame's remaining users (``counts``) and how far decoding has gone (``next``: a position
+in ``needed``). A sample leaving decodes the needed frames up to the highest frame of its
+window, in chunks of at least ``decode_chunk``, then releases every frame whose count drops to
+zero. *Held* bytes are the decoded frames still counted. *Committed* bytes add what the
+samples already produced into the reservoir could still make a reader decode: the schedule
+admits a new reference only while committed bytes stay within the budget, and a sample
+leaving never raises them, so held <= committed <= budget at every step (see
+:meth:`SegmentLedger.committed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Ledger", "MemoryModel", "SegmentLedger", "Step", "batch_reserve", "set_batch_reserve"]
+
+# The share of a worker's budget kept for batches (framestream.collate's slots), which the
+# schedule cannot see: it does not know the batch size.
+BATCH_SHARE = 4  # a quarter
+_batch_reserve: list[int | None] = [None]  # this process's, set by its stream
+
+
+def set_batch_reserve(nbytes: int | None) -> None:
+    """Bytes this process's batch slots may keep (None: no limit)."""
+    _batch_reserve[0] = nbytes
+
+
+def batch_reserve() -> int | None:
+    return _batch_reserve[0]
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """What the ledger needs to know, fixed per dataset and options.
+
+    Args:
+        offsets: per video camera, the window's frame offsets (sorted).
+        frame_bytes: per video camera, the bytes of one frame as a reader stores it.
+        length: frames of an episode (windows are clipped to it).
+        decode_chunk: the fewest frames a reader decodes at once.
+        frames_budget: bytes that held (committed) frames may use; None: no limit.
+        fixed_bytes: the budget's other parts (decoders, batches), reported with the frames.
+        budget: the whole per-worker budget (reported), or None.
+    """
+
+    offsets: tuple[tuple[int, ...], ...]
+    frame_bytes: tuple[int, ...]
+    length: Callable[[int], int]
+    decode_chunk: int = 16
+    frames_budget: int | None = None
+    fixed_bytes: int = 0
+    budget: int | None = None
+
+
+class _Camera:
+    __slots__ = ("needed", "counts", "offsets", "maxoff", "next", "held", "bytes")
+
+    def __init__(
+        self, pending: np.ndarray, offsets: Sequence[int], length: int, nbytes: int
+    ) -> None:
+        offs = np.asarray(offsets, dtype=np.int64)
+        idx = np.clip(pending[:, None] + offs[None, :], 0, length - 1).ravel()
+        counts = np.bincount(idx, minlength=length)
+        self.needed: np.ndarray = np.nonzero(counts)[0]
+        # Per-sample bookkeeping touches single elements: a list is several times cheaper.
+        self.counts: list[int] = counts.tolist()
+        self.offsets: list[int] = [int(o) for o in offsets]
+        self.maxoff = max(self.offsets)
+        self.next = 0  # position in ``needed`` of the next frame to decode
+        self.held = 0  # decoded frames whose count is still positive
+        self.bytes = nbytes
+
+    @property
+    def last(self) -> int:
+        """The highest frame decoded so far (-1: none)."""
+        return int(self.needed[self.next - 1]) if self.next else -1
+
+
+@dataclass
+class Step:
+    """What one leaving sample does to a reader: frames to decode first, then to free."""
+
+    frame: int
+    decode: list[np.ndarray]  # per camera, ascending
+    release: list[list[int]]  # per camera
+
+
+class SegmentLedger:
+    """One open segment's frames: needed, remaining users, decoded-through.
+
+    Args:
+        model: frame sizes, offsets, chunk.
+        episode: the segment's episode.
+        pending: the frames whose samples have not left yet.
+        last: per camera, the highest frame already decoded (a restored position), or None.
+    """
+
+    def __init__(
+        self,
+        model: MemoryModel,
+        episode: int,
+        pending: np.ndarray,
+        last: Sequence[int] | None = None,
+    ) -> None:
+        self.chunk = model.decode_chunk
+        self.length = int(model.length(episode))
+        self.cameras = [
+            _Camera(pending, offs, self.length, nbytes)
+            for offs, nbytes in zip(model.offsets, model.frame_bytes, strict=True)
+        ]
+        self.through = -1  # the highest frame produced so far (-1: none)
+        self.step: Step | None = None
+        for cam, top in zip(self.cameras, last or (), strict=False):
+            cam.next = int(cam.needed.searchsorted(top, side="right"))
+            cam.held = sum(1 for f in cam.needed[: cam.next].tolist() if cam.counts[f] > 0)
+
+    # ------------------------------------------------------------------ accounting
+    def held_bytes(self) -> int:
+        return sum(c.held * c.bytes for c in self.cameras)
+
+    def committed(self, through: int | None = None) -> int:
+        """Held bytes plus what the samples produced through ``through`` may still decode.
+
+        A leaving sample of frame ``f <= through`` decodes at most up to position ``P`` (the
+        needed frames up to ``through + max offset``) or ``next + chunk``, and only while
+        ``next < P``; repeated, that reaches at most ``P - 1 + chunk``. Every frame beyond the
+        decoded ones still has users, so they would all be held: this bound never grows when
+        a sample leaves, only when a reference is produced.
+        """
+        through = self.through if through is None else through
+        total = 0
+        for c in self.cameras:
+            future = 0
+            if through >= 0:
+                top = min(max(through + c.maxoff, 0), self.length - 1)
+                p = int(c.needed.searchsorted(top, side="right"))
+                if p > c.next:
+                    future = min(len(c.needed) - c.next, p - c.next - 1 + self.chunk)
+            total += (c.held + future) * c.bytes
+        return total
+
+    def held_frames(self, camera: int) -> list[int]:
+        """Decoded frames of ``camera`` still counted (what a reader must have stored)."""
+        c = self.cameras[camera]
+        return [f for f in c.needed[: c.next].tolist() if c.counts[f] > 0]
+
+    def last(self) -> list[int]:
+        """Per camera, the highest frame decoded (what a saved position records)."""
+        return [c.last for c in self.cameras]
+
+    # ------------------------------------------------------------------ driving
+    def emit(self, frame: int) -> Step:
+        """The sample of ``frame`` leaves: decode what its window lacks, then release."""
+        decode: list[np.ndarray] = []
+        release: list[list[int]] = []
+        top_frame = self.length - 1
+        for c in self.cameras:
+            upto = min(max(frame + c.maxoff, 0), top_frame)
+            todo = c.needed[c.next : c.next]
+            if upto > c.last:
+                stop = int(c.needed.searchsorted(upto, side="right"))
+                stop = max(stop, min(len(c.needed), c.next + self.chunk))
+                todo = c.needed[c.next : stop]
+                c.next = stop
+                c.held += len(todo)
+            decode.append(todo)
+            freed: list[int] = []
+            counts = c.counts
+            for off in c.offsets:
+                i = min(max(frame + off, 0), top_frame)
+                counts[i] -= 1
+                if counts[i] == 0:
+                    freed.append(i)
+            c.held -= len(freed)
+            release.append(freed)
+        self.step = Step(frame, decode, release)
+        return self.step
+
+
+class Ledger:
+    """Every open segment's ledger of one worker, with its totals and peaks."""
+
+    def __init__(self, model: MemoryModel) -> None:
+        self.model = model
+        self.segments: dict[int, SegmentLedger] = {}
+        self.committed = 0  # sum of the segments' committed bytes
+        self.held = 0
+        self.peak_committed = 0
+        self.peak_held = 0
+        # The most one reference can commit: a segment's first one, its window's span and a
+        # chunk per camera (a later one: a chunk at most).
+        self.worst = sum(
+            (max(o) - min(o) + 1 + model.decode_chunk) * b
+            for o, b in zip(model.offsets, model.frame_bytes, strict=True)
+        )
+
+    def open(
+        self,
+        rid: int,
+        episode: int,
+        pending: np.ndarray,
+        *,
+        through: int = -1,
+        last: Sequence[int] | None = None,
+    ) -> SegmentLedger:
+        """Start accounting reader ``rid`` (``through``/``last``: a restored position)."""
+        seg = SegmentLedger(self.model, episode, pending, last)
+        seg.through = through
+        self.segments[rid] = seg
+        self._change(rid, None)
+        return seg
+
+    def _change(self, rid: int, before: tuple[int, int] | None) -> None:
+        seg = self.segments[rid]
+        c0, h0 = before or (0, 0)
+        self.committed += seg.committed() - c0
+        self.held += seg.held_bytes() - h0
+        self.peak_committed = max(self.peak_committed, self.committed)
+        self.peak_held = max(self.peak_held, self.held)
+
+    def _snapshot(self, rid: int) -> tuple[int, int]:
+        seg = self.segments[rid]
+        return seg.committed(), seg.held_bytes()
+
+    def produced(self, rid: int, frame: int) -> None:
+        """The schedule produced ``frame`` of reader ``rid`` (frames come in order)."""
+        before = self._snapshot(rid)
+        self.segments[rid].through = frame
+        self._change(rid, before)
+
+    def emit(self, rid: int, frame: int) -> Step:
+        before = self._snapshot(rid)
+        step = self.segments[rid].emit(frame)
+        self._change(rid, before)
+        return step
+
+    def close(self, rid: int) -> None:
+        seg = self.segments.pop(rid, None)
+        if seg is not None:
+            self.committed -= seg.committed()
+            self.held -= seg.held_bytes()
+
+    def roomy(self) -> bool:
+        """Whether any reference fits (the common case, decided without looking further)."""
+        budget = self.model.frames_budget
+        return budget is None or budget - self.committed >= self.worst
+
+    def allowed(self, candidates: Sequence[tuple[int, int]]) -> list[int]:
+        """The readers among ``candidates`` (reader id, next frame) whose next reference keeps
+        committed bytes within the budget, in the given order."""
+        budget = self.model.frames_budget
+        if budget is None:
+            return [rid for rid, _ in candidates]
+        room = budget - self.committed
+        if room >= self.worst:  # no single reference can add more
+            return [rid for rid, _ in candidates]
+        out = []
+        for rid, frame in candidates:
+            seg = self.segments[rid]
+            if seg.committed(frame) - seg.committed() <= room:
+                out.append(rid)
+        return out
