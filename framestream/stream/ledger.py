@@ -51,7 +51,10 @@ class MemoryModel:
         offsets: per video camera, the window's frame offsets (sorted).
         frame_bytes: per video camera, the bytes of one frame as a reader stores it.
         length: frames of an episode (windows are clipped to it).
-        decode_chunk: the fewest frames a reader decodes at once.
+        decode_chunk: the most frames a reader decodes at once beyond what a sample needs.
+        chunk_within_produced: read ahead only over frames whose samples are already produced
+            (the shuffle: what the reservoir holds is what is decoded, nothing more); else a
+            full chunk (in order, where a sample leaves as soon as it is produced).
         frames_budget: bytes that held (committed) frames may use; None: no limit.
         fixed_bytes: the budget's other parts (decoders, batches), reported with the frames.
         budget: the whole per-worker budget (reported), or None.
@@ -61,13 +64,14 @@ class MemoryModel:
     frame_bytes: tuple[int, ...]
     length: Callable[[int], int]
     decode_chunk: int = 16
+    chunk_within_produced: bool = True
     frames_budget: int | None = None
     fixed_bytes: int = 0
     budget: int | None = None
 
 
 class _Camera:
-    __slots__ = ("needed", "counts", "offsets", "maxoff", "next", "held", "bytes")
+    __slots__ = ("needed", "list", "counts", "offsets", "maxoff", "next", "p", "held", "bytes")
 
     def __init__(
         self, pending: np.ndarray, offsets: Sequence[int], length: int, nbytes: int
@@ -77,17 +81,26 @@ class _Camera:
         counts = np.bincount(idx, minlength=length)
         self.needed: np.ndarray = np.nonzero(counts)[0]
         # Per-sample bookkeeping touches single elements: a list is several times cheaper.
+        self.list: list[int] = self.needed.tolist()
         self.counts: list[int] = counts.tolist()
         self.offsets: list[int] = [int(o) for o in offsets]
         self.maxoff = max(self.offsets)
         self.next = 0  # position in ``needed`` of the next frame to decode
+        self.p = 0  # needed frames up to the highest produced frame's window
         self.held = 0  # decoded frames whose count is still positive
         self.bytes = nbytes
 
     @property
     def last(self) -> int:
         """The highest frame decoded so far (-1: none)."""
-        return int(self.needed[self.next - 1]) if self.next else -1
+        return self.list[self.next - 1] if self.next else -1
+
+    def p_after(self, top: int) -> int:
+        """``p`` once frames up to ``top`` are in produced windows (``top`` only grows)."""
+        p, frames = self.p, self.list
+        while p < len(frames) and frames[p] <= top:
+            p += 1
+        return p
 
 
 @dataclass
@@ -106,6 +119,7 @@ class SegmentLedger:
         model: frame sizes, offsets, chunk.
         episode: the segment's episode.
         pending: the frames whose samples have not left yet.
+        through: the highest frame already produced (-1: none).
         last: per camera, the highest frame already decoded (a restored position), or None.
     """
 
@@ -114,55 +128,83 @@ class SegmentLedger:
         model: MemoryModel,
         episode: int,
         pending: np.ndarray,
+        *,
+        through: int = -1,
         last: Sequence[int] | None = None,
     ) -> None:
         self.chunk = model.decode_chunk
+        self.capped = model.chunk_within_produced
         self.length = int(model.length(episode))
         self.cameras = [
             _Camera(pending, offs, self.length, nbytes)
             for offs, nbytes in zip(model.offsets, model.frame_bytes, strict=True)
         ]
-        self.through = -1  # the highest frame produced so far (-1: none)
+        self.through = through  # the highest frame produced so far (-1: none)
         self.step: Step | None = None
         for cam, top in zip(self.cameras, last or (), strict=False):
             cam.next = int(cam.needed.searchsorted(top, side="right"))
-            cam.held = sum(1 for f in cam.needed[: cam.next].tolist() if cam.counts[f] > 0)
+            cam.held = sum(1 for f in cam.list[: cam.next] if cam.counts[f] > 0)
+        if through >= 0:
+            for cam in self.cameras:
+                cam.p = cam.p_after(self._top(cam, through))
+        self.committed = self.held = 0
+        self._recount()
 
     # ------------------------------------------------------------------ accounting
-    def held_bytes(self) -> int:
-        return sum(c.held * c.bytes for c in self.cameras)
+    def _top(self, c: _Camera, frame: int) -> int:
+        return min(max(frame + c.maxoff, 0), self.length - 1)
 
-    def committed(self, through: int | None = None) -> int:
-        """Held bytes plus what the samples produced through ``through`` may still decode.
+    def _reach(self, c: _Camera, p: int) -> int:
+        """Frames beyond the decoded ones that samples produced so far may still decode.
 
-        A leaving sample of frame ``f <= through`` decodes at most up to position ``P`` (the
-        needed frames up to ``through + max offset``) or ``next + chunk``, and only while
-        ``next < P``; repeated, that reaches at most ``P - 1 + chunk``. Every frame beyond the
-        decoded ones still has users, so they would all be held: this bound never grows when
-        a sample leaves, only when a reference is produced.
+        A leaving sample decodes up to some position ``q <= p`` (``p``: the needed frames up
+        to the highest produced frame's window), and only while ``next < p``. Capped, its
+        read-ahead stops at ``p`` too: at most ``p``. Else it reads ahead to ``next + chunk``,
+        so decoding reaches at most ``next + chunk`` if that is ``>= p``, else
+        ``p - 1 + chunk`` (land on ``p - 1``, then one more chunk). Every frame beyond the
+        decoded ones still has users, so all of them would be held. What a sample leaving
+        can reach was reachable before: this never grows when a sample leaves.
         """
-        through = self.through if through is None else through
+        if p <= c.next:
+            return 0
+        if self.capped:
+            return p - c.next
+        n = c.next + self.chunk
+        reach = n if n >= p else p - 1 + self.chunk
+        return min(len(c.list), reach) - c.next
+
+    def _recount(self) -> None:
+        self._cost: tuple[int, int] | None = None  # (frame, cost_of(frame)), until a change
+        self.held = sum(c.held * c.bytes for c in self.cameras)
+        self.committed = sum((c.held + self._reach(c, c.p)) * c.bytes for c in self.cameras)
+
+    def cost_of(self, frame: int) -> int:
+        """How much producing ``frame`` (the next one) would add to :attr:`committed`."""
+        if self._cost is not None and self._cost[0] == frame:
+            return self._cost[1]  # the schedule asks again for every segment at every step
         total = 0
         for c in self.cameras:
-            future = 0
-            if through >= 0:
-                top = min(max(through + c.maxoff, 0), self.length - 1)
-                p = int(c.needed.searchsorted(top, side="right"))
-                if p > c.next:
-                    future = min(len(c.needed) - c.next, p - c.next - 1 + self.chunk)
-            total += (c.held + future) * c.bytes
-        return total
+            total += (c.held + self._reach(c, c.p_after(self._top(c, frame)))) * c.bytes
+        self._cost = (frame, total - self.committed)
+        return self._cost[1]
 
     def held_frames(self, camera: int) -> list[int]:
         """Decoded frames of ``camera`` still counted (what a reader must have stored)."""
         c = self.cameras[camera]
-        return [f for f in c.needed[: c.next].tolist() if c.counts[f] > 0]
+        return [f for f in c.list[: c.next] if c.counts[f] > 0]
 
     def last(self) -> list[int]:
         """Per camera, the highest frame decoded (what a saved position records)."""
         return [c.last for c in self.cameras]
 
     # ------------------------------------------------------------------ driving
+    def produce(self, frame: int) -> None:
+        """``frame`` was produced (frames of a segment come in order)."""
+        self.through = frame
+        for c in self.cameras:
+            c.p = c.p_after(self._top(c, frame))
+        self._recount()
+
     def emit(self, frame: int) -> Step:
         """The sample of ``frame`` leaves: decode what its window lacks, then release."""
         decode: list[np.ndarray] = []
@@ -173,7 +215,8 @@ class SegmentLedger:
             todo = c.needed[c.next : c.next]
             if upto > c.last:
                 stop = int(c.needed.searchsorted(upto, side="right"))
-                stop = max(stop, min(len(c.needed), c.next + self.chunk))
+                ahead = min(len(c.list), c.next + self.chunk)
+                stop = max(stop, min(c.p, ahead) if self.capped else ahead)
                 todo = c.needed[c.next : stop]
                 c.next = stop
                 c.held += len(todo)
@@ -187,6 +230,7 @@ class SegmentLedger:
                     freed.append(i)
             c.held -= len(freed)
             release.append(freed)
+        self._recount()
         self.step = Step(frame, decode, release)
         return self.step
 
@@ -201,10 +245,11 @@ class Ledger:
         self.held = 0
         self.peak_committed = 0
         self.peak_held = 0
-        # The most one reference can commit: a segment's first one, its window's span and a
-        # chunk per camera (a later one: a chunk at most).
+        # The most one reference can commit: a segment's first one, its window's span (and
+        # a chunk per camera, uncapped; a later one: one frame, or a chunk at most).
+        extra = 0 if model.chunk_within_produced else model.decode_chunk
         self.worst = sum(
-            (max(o) - min(o) + 1 + model.decode_chunk) * b
+            (max(o) - min(o) + 1 + extra) * b
             for o, b in zip(model.offsets, model.frame_bytes, strict=True)
         )
 
@@ -218,41 +263,38 @@ class Ledger:
         last: Sequence[int] | None = None,
     ) -> SegmentLedger:
         """Start accounting reader ``rid`` (``through``/``last``: a restored position)."""
-        seg = SegmentLedger(self.model, episode, pending, last)
-        seg.through = through
+        seg = SegmentLedger(self.model, episode, pending, through=through, last=last)
         self.segments[rid] = seg
-        self._change(rid, None)
+        self._add(seg.committed, seg.held)
         return seg
 
-    def _change(self, rid: int, before: tuple[int, int] | None) -> None:
-        seg = self.segments[rid]
-        c0, h0 = before or (0, 0)
-        self.committed += seg.committed() - c0
-        self.held += seg.held_bytes() - h0
-        self.peak_committed = max(self.peak_committed, self.committed)
-        self.peak_held = max(self.peak_held, self.held)
-
-    def _snapshot(self, rid: int) -> tuple[int, int]:
-        seg = self.segments[rid]
-        return seg.committed(), seg.held_bytes()
+    def _add(self, committed: int, held: int) -> None:
+        self.committed += committed
+        self.held += held
+        if self.committed > self.peak_committed:
+            self.peak_committed = self.committed
+        if self.held > self.peak_held:
+            self.peak_held = self.held
 
     def produced(self, rid: int, frame: int) -> None:
         """The schedule produced ``frame`` of reader ``rid`` (frames come in order)."""
-        before = self._snapshot(rid)
-        self.segments[rid].through = frame
-        self._change(rid, before)
+        seg = self.segments[rid]
+        c0, h0 = seg.committed, seg.held
+        seg.produce(frame)
+        self._add(seg.committed - c0, seg.held - h0)
 
     def emit(self, rid: int, frame: int) -> Step:
-        before = self._snapshot(rid)
-        step = self.segments[rid].emit(frame)
-        self._change(rid, before)
+        seg = self.segments[rid]
+        c0, h0 = seg.committed, seg.held
+        step = seg.emit(frame)
+        self._add(seg.committed - c0, seg.held - h0)
         return step
 
     def close(self, rid: int) -> None:
         seg = self.segments.pop(rid, None)
         if seg is not None:
-            self.committed -= seg.committed()
-            self.held -= seg.held_bytes()
+            self.committed -= seg.committed
+            self.held -= seg.held
 
     def roomy(self) -> bool:
         """Whether any reference fits (the common case, decided without looking further)."""
@@ -268,9 +310,4 @@ class Ledger:
         room = budget - self.committed
         if room >= self.worst:  # no single reference can add more
             return [rid for rid, _ in candidates]
-        out = []
-        for rid, frame in candidates:
-            seg = self.segments[rid]
-            if seg.committed(frame) - seg.committed() <= room:
-                out.append(rid)
-        return out
+        return [rid for rid, frame in candidates if self.segments[rid].cost_of(frame) <= room]

@@ -72,7 +72,7 @@ class ReadSpec:
 # An open decoder's own memory, in frames of its I420 size (measured: ~3-5 MB per torchcodec
 # AV1 decoder of 240x320, whose frames are 115 kB).
 DECODER_FRAMES = 32
-DECODE_CHUNK = 16  # the fewest frames a reader decodes at once
+DECODE_CHUNK = 16  # the most frames a reader decodes at once beyond what a sample needs
 
 
 def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) -> MemoryModel:
@@ -104,6 +104,7 @@ def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) 
         frame_bytes=tuple(frame_bytes),
         length=lambda ep: int(meta.episodes.length[meta.episodes.row(ep)]),
         decode_chunk=DECODE_CHUNK,
+        chunk_within_produced=options.shuffle,
         frames_budget=max(0, budget - fixed) if known and budget is not None else None,
         fixed_bytes=fixed,
         budget=budget,
