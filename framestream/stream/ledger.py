@@ -30,7 +30,7 @@ __all__ = ["Ledger", "MemoryModel", "SegmentLedger", "Step", "batch_reserve", "s
 
 # The share of a worker's budget kept for batches (framestream.collate's slots), which the
 # schedule cannot see: it does not know the batch size.
-BATCH_SHARE = 4  # a quarter
+BATCH_SHARE = 3  # a third
 _batch_reserve: list[int | None] = [None]  # this process's, set by its stream
 
 

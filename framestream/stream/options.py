@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["StreamOptions", "coerce", "option_docs"]
+__all__ = ["StreamOptions", "coerce", "coerce_field", "option_docs"]
 
 
 def _opt(default: Any, doc: str, *, minimum: float | None = None, size: bool = False) -> Any:
@@ -27,7 +27,7 @@ def _opt(default: Any, doc: str, *, minimum: float | None = None, size: bool = F
 # Per DataLoader worker; chosen so that a worker streaming the benchmark dataset (2 cameras,
 # 240x320) at the defaults peaks under 512 MB of RSS, interpreter and torch included (README,
 # "Memory").
-DEFAULT_MEMORY_BUDGET = 128 << 20
+DEFAULT_MEMORY_BUDGET = 112 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,10 +108,8 @@ class StreamOptions:
     def __post_init__(self) -> None:
         hints = _hints(type(self))
         for f in dataclasses.fields(self):
-            raw = getattr(self, f.name)
-            if f.metadata.get("size") and isinstance(raw, str):
-                raw = _size(f"{type(self).__name__}.{f.name}", raw)
-            value = coerce(f"{type(self).__name__}.{f.name}", hints[f.name], raw)
+            name = f"{type(self).__name__}.{f.name}"
+            value = coerce_field(name, hints[f.name], f.metadata, getattr(self, f.name))
             low = f.metadata.get("minimum")
             if low is not None and value is not None and value < low:
                 raise ValueError(f"{type(self).__name__}.{f.name} must be >= {low}, got {value}")
@@ -224,6 +222,13 @@ def _convert(tp: Any, origin: Any, args: tuple[Any, ...], value: Any) -> Any:
     if tp is Any:
         return value
     raise TypeError(f"no conversion for {tp!r}")  # pragma: no cover - a new field's type
+
+
+def coerce_field(name: str, tp: Any, metadata: Mapping[str, Any], value: Any) -> Any:
+    """:func:`coerce` for a field: a size field also takes ``"512MB"``-style strings."""
+    if metadata.get("size") and isinstance(value, str):
+        value = _size(name, value)
+    return coerce(name, tp, value)
 
 
 def _size(name: str, text: str) -> int | str:

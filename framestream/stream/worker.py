@@ -76,7 +76,7 @@ DECODE_CHUNK = 16  # the most frames a reader decodes at once beyond what a samp
 
 
 def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) -> MemoryModel:
-    """How a worker's budget splits: open decoders (estimated), a quarter for batches, the
+    """How a worker's budget splits: open decoders (estimated), a third for batches, the
     rest for decoded frames (accounted exactly by the schedule's ledger)."""
     keys = meta.video_keys
     frame_bytes, decoder_bytes = [], 0
