@@ -165,10 +165,13 @@ class Schedule:
         return None if len(allowed) == len(self.active) else allowed
 
     def _cheapest(self) -> list[int]:
-        """Over budget with an empty reservoir: readers already started (a reference costs
-        them a frame or a chunk), else any."""
+        """Over budget with an empty reservoir: one reference must come anyway. It comes from
+        the started reader closest to its end (finishing it frees its frames; spreading over
+        every started one would keep all of their windows decoded), else the first one."""
         started = [r for r in self.active if self.cursors[r].pos > 0]
-        return started or list(self.active)
+        if not started:
+            return self.active[:1]
+        return [min(started, key=lambda r: (self.cursors[r].remaining, r))]
 
     def _emit(self, ref: Ref) -> Ref:
         if self.ledger is not None:
