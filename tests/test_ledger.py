@@ -279,3 +279,36 @@ def test_exact_resume_with_the_budget_limiting(meta, stop):
     again.load_state_dict(state)
     rest = [identify(s) for s in again]
     assert head + rest == want
+
+
+def test_exact_resume_in_dataloader_workers_with_the_budget_limiting(meta):
+    from itertools import islice
+
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    budget = budget_for(meta, 48)
+
+    made = []
+
+    def loader(state=None):
+        made.append(make(meta, budget))
+        dl = StatefulDataLoader(made[-1], batch_size=4, num_workers=2, timeout=120)
+        if state is not None:
+            dl.load_state_dict(state)
+        return dl
+
+    def ids(batches) -> list[tuple[int, int]]:
+        out = []
+        for b in batches:
+            for i in range(len(b["frame_index"])):
+                out.append(identify({k: v[i] for k, v in b.items()}))
+        return out
+
+    want = ids(loader())
+    assert made[0].stats()["memory_limited_samples"] > 0  # published by the workers
+    first = loader()
+    it = iter(first)
+    head = ids(islice(it, 9))
+    state = json.loads(json.dumps(first.state_dict()))
+    rest = ids(loader(state))
+    assert head + rest == want and len(want) == meta.total_frames
