@@ -27,7 +27,7 @@ def _opt(default: Any, doc: str, *, minimum: float | None = None, size: bool = F
 # Per DataLoader worker; chosen so that a worker streaming the benchmark dataset (2 cameras,
 # 240x320) at the defaults peaks under 512 MB of RSS, interpreter and torch included (README,
 # "Memory").
-DEFAULT_MEMORY_BUDGET = 112 << 20
+DEFAULT_MEMORY_BUDGET = 80 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
