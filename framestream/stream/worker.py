@@ -96,16 +96,15 @@ def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) 
     )
     decoders = min(options.decoder_cache_size(len(keys)), max(1, files)) * decoder_bytes
     budget = options.memory_budget
-    known = budget is not None and all(s is not None for s in shapes)
-    batches = budget // _ledger.BATCH_SHARE if budget is not None else 0
-    fixed = decoders + batches
+    known = budget is not None and all(s is not None for s in shapes)  # else: account only
+    fixed = decoders + (budget // _ledger.BATCH_SHARE if budget is not None else 0)
     return MemoryModel(
         offsets=tuple(tuple(int(o) for o in window.frame_offsets(k)) for k in keys),
         frame_bytes=tuple(frame_bytes),
         length=lambda ep: int(meta.episodes.length[meta.episodes.row(ep)]),
         decode_chunk=DECODE_CHUNK,
         chunk_within_produced=options.shuffle,
-        frames_budget=max(0, budget - fixed) if known and budget is not None else None,
+        frames_budget=max(0, budget - fixed) if known else None,
         fixed_bytes=fixed,
         budget=budget,
     )
@@ -190,7 +189,7 @@ class WorkerStream:
         )
 
     # ------------------------------------------------------------ reading
-    def _reader(self, rid: int, frame: int) -> SegmentReader:
+    def _reader(self, rid: int) -> SegmentReader:
         reader = self.readers.get(rid)
         if reader is None:
             sch, spec = self.schedule, self.spec
@@ -223,7 +222,7 @@ class WorkerStream:
                 return
             rid, frame = ref
             try:
-                reader = self._reader(rid, frame)
+                reader = self._reader(rid)
                 sample = reader.sample(frame)
             except FramestreamError as exc:
                 # A network outage is not a bad episode: never skip past it.
