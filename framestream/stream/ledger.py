@@ -26,11 +26,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Ledger", "MemoryModel", "SegmentLedger", "Step", "batch_reserve", "set_batch_reserve"]
+__all__ = [
+    "Ledger",
+    "MemoryModel",
+    "SegmentLedger",
+    "Step",
+    "batch_reserve",
+    "batch_share",
+    "set_batch_reserve",
+]
 
 # The share of a worker's budget kept for batches (framestream.collate's slots), which the
-# schedule cannot see: it does not know the batch size.
-BATCH_SHARE = 3  # a third
+# schedule cannot see: it does not know the batch size. Three eighths: at the default budget,
+# the two slots that a worker with prefetch_factor 2 mostly uses for single-frame batches of
+# the benchmark dataset (2 x 14.7 MB).
+BATCH_SHARE = 3 / 8
+
+
+def batch_share(budget: int) -> int:
+    """Bytes of ``budget`` kept for batch slots."""
+    return int(budget * BATCH_SHARE)
+
+
 _batch_reserve: list[int | None] = [None]  # this process's, set by its stream
 
 

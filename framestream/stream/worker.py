@@ -76,7 +76,7 @@ DECODE_CHUNK = 16  # the most frames a reader decodes at once beyond what a samp
 
 
 def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) -> MemoryModel:
-    """How a worker's budget splits: open decoders (estimated), a third for batches, the
+    """How a worker's budget splits: open decoders (estimated), 3/8 for batches, the
     rest for decoded frames (accounted exactly by the schedule's ledger)."""
     keys = meta.video_keys
     frame_bytes, decoder_bytes = [], 0
@@ -97,7 +97,7 @@ def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) 
     decoders = min(options.decoder_cache_size(len(keys)), max(1, files)) * decoder_bytes
     budget = options.memory_budget
     known = budget is not None and all(s is not None for s in shapes)  # else: account only
-    fixed = decoders + (budget // _ledger.BATCH_SHARE if budget is not None else 0)
+    fixed = decoders + (_ledger.batch_share(budget) if budget is not None else 0)
     return MemoryModel(
         offsets=tuple(tuple(int(o) for o in window.frame_offsets(k)) for k in keys),
         frame_bytes=tuple(frame_bytes),
@@ -185,7 +185,7 @@ class WorkerStream:
             schedule.load_state_dict(schedule.state_dict())  # accounts what is open
         model = schedule.ledger.model
         _ledger.set_batch_reserve(
-            model.budget // _ledger.BATCH_SHARE if model.budget is not None else None
+            _ledger.batch_share(model.budget) if model.budget is not None else None
         )
 
     # ------------------------------------------------------------ reading
