@@ -33,7 +33,7 @@ from framestream.datasets.map_style import MapDataset
 from framestream.datasets.streaming import StreamingLeRobotDataset
 from framestream.format.meta import DatasetMeta
 from framestream.io.source import Source, resolve_url
-from framestream.stream.options import StreamOptions, coerce
+from framestream.stream.options import StreamOptions, coerce_field
 
 __all__ = ["OVERRIDE_PREFIX", "DatasetConfig", "make_dataset"]
 
@@ -105,7 +105,7 @@ class _ConfigMethods:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             name = f"DatasetConfig.{f.name}"
-            value = coerce(name, hints[f.name], getattr(self, f.name))
+            value = coerce_field(name, hints[f.name], f.metadata, getattr(self, f.name))
             if value is None and f.default_factory is not dataclasses.MISSING:
                 value = f.default_factory()
             low = f.metadata.get("minimum")

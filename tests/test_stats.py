@@ -27,3 +27,14 @@ def test_snapshots_are_consistent_while_a_worker_publishes():
     assert board.totals()["samples"] == 20_000
     board.reset()
     assert board.totals()["samples"] == 0
+
+
+def test_peaks_combine_by_max_and_min_over_workers_and_passes():
+    board = StatsBoard()
+    board.add(1, {"memory_peak_bytes": 300, "reservoir_limited_min": 7, "samples": 5})
+    board.add(2, {"memory_peak_bytes": 500, "reservoir_limited_min": 0, "samples": 5})
+    board.add(1, {"memory_peak_bytes": 200, "reservoir_limited_min": 9, "samples": 1})  # pass 2
+    t = board.totals()
+    assert (t["memory_peak_bytes"], t["reservoir_limited_min"], t["samples"]) == (500, 0, 11)
+    board.reset()
+    assert board.totals()["reservoir_limited_min"] is None  # nothing published

@@ -14,6 +14,8 @@ dropped every tensor of the batch it held:
   storage's owner marks the slot free when the last tensor (or view of one) is gone;
 - a worker that finds no free slot and no room for another falls back to the ordinary
   fresh shared memory, so a training loop that keeps batches around is never blocked.
+  Room is at most ``MAX_SLOTS`` slots, and no more bytes than the batch share of the worker's
+  memory budget (:func:`framestream.stream.ledger.batch_reserve`; one slot always fits).
 
 Linux only (``os.memfd_create``); elsewhere :func:`available` is false and callers use the
 ordinary path.
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 
 from framestream.decode.buffers import per_process
+from framestream.stream.ledger import batch_reserve
 
 FREE, BUSY = 0, 1
 HEADER = 64  # bytes before a slot's data; byte 0 is the slot's state
@@ -96,16 +99,23 @@ class SlotPool:
     def _new(self, nbytes: int) -> Slot:
         return Slot(nbytes, token=self.token, serial=next(self._serials))
 
+    def _room(self, nbytes: int, freed: int = 0) -> bool:
+        """Whether a slot of ``nbytes`` fits the budget's batch share (one always does)."""
+        limit = batch_reserve()
+        held = sum(s.size for s in self.slots) - freed
+        return limit is None or held == 0 or held + nbytes <= limit
+
     def acquire(self, nbytes: int) -> Slot | None:
         free = [s for s in self.slots if s.free]
         fitting = [s for s in free if s.capacity >= nbytes]
         if fitting:
             slot = min(fitting, key=lambda s: s.capacity)
             self.reused += 1
-        elif len(self.slots) < self.max_slots:
+        elif len(self.slots) < self.max_slots and self._room(nbytes):
             slot = self._new(nbytes)
             self.slots.append(slot)
-        elif free:  # replace the largest free slot that is too small
+        elif free and self._room(nbytes, max(s.size for s in free)):
+            # replace the largest free slot that is too small
             old = max(free, key=lambda s: s.capacity)
             self.slots.remove(old)
             old.close()

@@ -17,7 +17,6 @@ import torch
 from framestream._errors import StateDictError
 from framestream.stream.epoch import EpochClock
 from framestream.stream.resume import Start, start_schedule
-from framestream.stream.schedule import ScheduleConfig
 from framestream.stream.state import (
     DatasetState,
     Fingerprint,
@@ -25,7 +24,7 @@ from framestream.stream.state import (
     StreamPosition,
     parse_state,
 )
-from framestream.stream.worker import WorkerStream
+from framestream.stream.worker import WorkerStream, schedule_config
 
 __all__ = ["Resumable"]
 
@@ -36,6 +35,7 @@ class Resumable:
     # provided by the dataset
     options: Any
     meta: Any
+    window: Any
     episodes: Any
     _clock: EpochClock
 
@@ -76,7 +76,7 @@ class Resumable:
         return start_schedule(
             state,
             plan=lambda r, ws, w, nw: self._plan(r, ws, w, nw, epoch).segments,
-            config=ScheduleConfig(o.shuffle, o.active_shards, o.buffer_size, o.shuffle_warmup),
+            config=schedule_config(self.meta, self.window, o),
             seed=o.seed,
             epoch=epoch,
             layout=(rank, world_size, worker, num_workers),

@@ -17,11 +17,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["StreamOptions", "coerce", "option_docs"]
+__all__ = ["StreamOptions", "coerce", "coerce_field", "option_docs"]
 
 
-def _opt(default: Any, doc: str, *, minimum: float | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "minimum": minimum})
+def _opt(default: Any, doc: str, *, minimum: float | None = None, size: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc, "minimum": minimum, "size": size})
+
+
+# Per DataLoader worker; chosen so that a worker streaming the benchmark dataset (2 cameras,
+# 240x320) at the defaults peaks under 512 MB of RSS, interpreter and torch included (README,
+# "Memory").
+DEFAULT_MEMORY_BUDGET = 80 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,11 +96,20 @@ class StreamOptions:
     prefetch: int = _opt(
         2, "segments beyond the open ones whose remote files are fetched ahead", minimum=0
     )
+    memory_budget: int | None = _opt(
+        DEFAULT_MEMORY_BUDGET,
+        "bytes per worker for decoded frames awaiting their samples, open decoders and batch "
+        "slots (e.g. '512MB'); the shuffle buffer shrinks to fit and stats() says so; None: "
+        "no limit (README, Memory)",
+        minimum=1 << 20,
+        size=True,
+    )
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
         for f in dataclasses.fields(self):
-            value = coerce(f"{type(self).__name__}.{f.name}", hints[f.name], getattr(self, f.name))
+            name = f"{type(self).__name__}.{f.name}"
+            value = coerce_field(name, hints[f.name], f.metadata, getattr(self, f.name))
             low = f.metadata.get("minimum")
             if low is not None and value is not None and value < low:
                 raise ValueError(f"{type(self).__name__}.{f.name} must be >= {low}, got {value}")
@@ -207,6 +222,25 @@ def _convert(tp: Any, origin: Any, args: tuple[Any, ...], value: Any) -> Any:
     if tp is Any:
         return value
     raise TypeError(f"no conversion for {tp!r}")  # pragma: no cover - a new field's type
+
+
+def coerce_field(name: str, tp: Any, metadata: Mapping[str, Any], value: Any) -> Any:
+    """:func:`coerce` for a field: a size field also takes ``"512MB"``-style strings."""
+    if metadata.get("size") and isinstance(value, str):
+        value = _size(name, value)
+    return coerce(name, tp, value)
+
+
+def _size(name: str, text: str) -> int | str:
+    """``"512MB"`` -> bytes (``"none"`` and plain numbers are left to :func:`coerce`)."""
+    from framestream._units import parse_size
+
+    if text.strip().lower() in ("none", ""):
+        return text
+    try:
+        return parse_size(text)
+    except Exception:  # argparse.ArgumentTypeError
+        raise ValueError(f"{name}: cannot use {text!r} as a size (e.g. 512MB, 2G)") from None
 
 
 def _int(value: Any) -> int:

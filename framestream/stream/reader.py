@@ -1,16 +1,18 @@
 """Episode readers: one per open segment, decoding its frames in order, each frame once.
 
-A reader knows, before decoding anything, every sample it still owes (its pending frames)
-and therefore every video frame those samples' windows touch, with a reference count. Frames
-are decoded sequentially in small chunks when the first sample that needs them is assembled,
-shared by every later sample whose window contains them, and released when their count drops
-to zero. A frame is decoded twice only if a reader is rebuilt (after a resume), and that is
+Which frames to decode and when to free them is the schedule's
+:class:`~framestream.stream.ledger.SegmentLedger` (every video frame the pending samples'
+windows touch, with a reference count): frames are decoded sequentially in small chunks when
+the first sample that needs them leaves, shared by every later sample whose window contains
+them, and released when their count drops to zero. The reader only stores the pixels the
+ledger says it holds, so the schedule's memory accounting is exact. A frame is decoded twice
+only if a reader is rebuilt (after a resume, the frames its ledger still holds), and that is
 counted like any other decode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ from framestream.decode.yuv import COLORSPACE_SUFFIX
 from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import EpisodeData, TableReader, image_frames
+from framestream.stream.ledger import SegmentLedger, Step
 from framestream.stream.plan import Segment
 from framestream.stream.prefetch import camera_span
 from framestream.stream.sample import WindowSpec, build_sample, in_layout
@@ -44,17 +47,13 @@ class Counters:
 
 
 class _CameraFrames:
-    """Decoded frames of one camera of one reader, with reference counts."""
+    """Decoded frames of one camera of one reader (the ledger's camera ``index``)."""
 
-    def __init__(self, needed: np.ndarray, counts: np.ndarray, offsets: np.ndarray) -> None:
-        self.needed = needed  # sorted frame indices some pending sample uses
-        # Per episode frame: pending uses. A list: per-sample bookkeeping touches single
-        # elements, which costs several times more on a numpy array.
-        self.counts: list[int] = counts.tolist()
-        self.offsets: list[int] = offsets.tolist()  # this camera's window offsets
-        self.next = 0  # position in ``needed`` of the next frame to decode
-        self.last = -1  # the highest frame decoded so far
+    def __init__(self, index: int, needed: np.ndarray) -> None:
+        self.index = index
+        self.needed = needed  # sorted frame indices some pending sample uses (the span)
         self.store: dict[int, np.ndarray] = {}  # frames in the output's memory order
+        self.restored = False  # frames the ledger held before this reader existed decoded
 
 
 class SegmentReader:
@@ -72,18 +71,15 @@ class SegmentReader:
         counters: Counters,
         return_uint8: bool,
         image_transforms: Callable[[torch.Tensor], torch.Tensor] | None,
-        decode_chunk: int = 16,
         channels_last: bool = False,
         depth_output_unit: str = "mm",
         pixel_format: str = "rgb",
-        cursor: int = 0,
-        produced_pending: Sequence[int] = (),
+        ledger: SegmentLedger,
     ) -> None:
         self.segment = segment
         self.meta, self.spec, self.decoders = meta, spec, decoders
         self.tolerance_s, self.counters = tolerance_s, counters
         self.return_uint8, self.image_transforms = return_uint8, image_transforms
-        self.decode_chunk = decode_chunk
         self.channels_last = channels_last
         self.depth_output_unit = depth_output_unit
         self.yuv: dict[str, int] | None = {} if pixel_format == "yuv420" else None
@@ -91,28 +87,25 @@ class SegmentReader:
             self.ep: EpisodeData = tables.read(segment.episode)
         except FramestreamError as exc:  # name the dataset, like errors of sample()
             raise type(exc)(f"dataset {meta.source.url}: episode {segment.episode}: {exc}") from exc
-        pending = np.concatenate(
-            [
-                np.asarray(list(produced_pending), dtype=np.int64),
-                np.arange(segment.start + cursor, segment.stop, dtype=np.int64),
-            ]
-        )
-        self.cameras: dict[str, _CameraFrames] = {}
-        for key in meta.video_keys:
-            offsets = spec.frame_offsets(key)
-            idx = np.clip(pending[:, None] + offsets[None, :], 0, self.ep.length - 1).ravel()
-            counts = np.bincount(idx, minlength=self.ep.length)
-            self.cameras[key] = _CameraFrames(np.nonzero(counts)[0], counts, offsets)
+        self.ledger = ledger
+        self.cameras = {
+            key: _CameraFrames(i, ledger.cameras[i].needed) for i, key in enumerate(meta.video_keys)
+        }
         self.window_frames = sum(len(spec.frame_offsets(k)) for k in meta.camera_keys)
         counters.episodes_opened += 1
 
     # --------------------------------------------------------------- assembling
-    def _ensure(self, cam: _CameraFrames, key: str, upto: int) -> None:
-        if upto <= cam.last:
-            return
-        stop = int(cam.needed.searchsorted(upto, side="right"))
-        stop = max(stop, min(len(cam.needed), cam.next + self.decode_chunk))
-        todo = cam.needed[cam.next : stop]
+    def _ensure(self, cam: _CameraFrames, key: str, step: Step) -> None:
+        """Decode what the ledger's step says (and, first, what a rebuilt reader lacks)."""
+        todo = step.decode[cam.index]
+        if not cam.restored:
+            cam.restored = True
+            fresh = set(todo.tolist())
+            # Held before this step: still counted, or freed by this very sample.
+            held = self.ledger.held_frames(cam.index) + step.release[cam.index]
+            missing = [f for f in held if f not in cam.store and f not in fresh]
+            if missing:
+                todo = np.unique(np.concatenate([np.asarray(missing, dtype=np.int64), todo]))
         if len(todo) == 0:  # every needed frame is decoded already
             return
         relative = self.meta.video_file(self.ep.episode, key)
@@ -127,9 +120,7 @@ class SegmentReader:
             timestamps=self.ep.timestamps[todo].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
-            pixel_format=(
-                DEPTH_PIX_FMT if depth else "rgb" if self.yuv is None else "yuv420"
-            ),
+            pixel_format=(DEPTH_PIX_FMT if depth else "rgb" if self.yuv is None else "yuv420"),
             span=self._span(cam, from_ts),
             frame_shape=declared_frame_shape(self.meta.features[key]),
         )
@@ -154,8 +145,6 @@ class SegmentReader:
             else:
                 to_planar(arr[i], own)
             cam.store[f] = own
-        cam.next = stop
-        cam.last = int(todo[-1])
         self.counters.decoded_frames += len(todo)
 
     def _span(self, cam: _CameraFrames, from_ts: float) -> tuple[float, float] | None:
@@ -176,35 +165,37 @@ class SegmentReader:
             frames = image_frames(self.ep, key, idx)
             return [in_layout(f, channels_last=self.channels_last) for f in frames]
         cam = self.cameras[key]
+        step = self._step
         if len(idx) == 1:
             f = int(idx[0])
-            self._ensure(cam, key, f)
-            if cam.counts[f] == 1:
+            if f in step.release[cam.index]:
                 # This sample is the frame's last user: hand the frame over, no copy.
                 return cam.store.pop(f)[None]
             return [cam.store[f]]
-        self._ensure(cam, key, int(idx.max()))
         return [cam.store[int(i)] for i in idx]
 
-    def _release(self, frame: int) -> None:
-        last = self.ep.length - 1
+    def _release(self, step: Step) -> None:
         for cam in self.cameras.values():
-            counts, store = cam.counts, cam.store
-            for off in cam.offsets:
-                i = min(max(frame + off, 0), last)
-                counts[i] -= 1
-                if counts[i] <= 0:
-                    store.pop(i, None)
+            store = cam.store
+            for i in step.release[cam.index]:
+                store.pop(i, None)
 
     def sample(self, frame: int) -> dict[str, Any]:
-        """Assemble the sample of ``frame`` and release the frames only it still needed."""
+        """Assemble the sample of ``frame`` (which the ledger has just let leave) and free
+        the frames only it still needed."""
+        step = self.ledger.step
+        if step is None or step.frame != frame:
+            raise RuntimeError(f"reader of episode {self.ep.episode}: frame {frame} not emitted")
+        self._step = step
         try:
+            for key, cam in self.cameras.items():
+                self._ensure(cam, key, step)
             out = self._build(frame)
         except FramestreamError as exc:
             raise type(exc)(
                 f"dataset {self.meta.source.url}: episode {self.ep.episode}, frame {frame}: {exc}"
             ) from exc
-        self._release(frame)
+        self._release(step)
         for key, cs in (self.yuv or {}).items():  # for framestream.yuv_to_rgb
             out[key + COLORSPACE_SUFFIX] = torch.tensor(cs)
         c = self.counters

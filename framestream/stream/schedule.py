@@ -8,6 +8,12 @@ building any reader, so they cost microseconds per sample.
 
 Invariant: every frame of every non-empty segment is emitted exactly once, as a reference
 ``(reader id, frame)``; reader ids are handed out in segment order, one per non-empty segment.
+
+With a :class:`~framestream.stream.ledger.MemoryModel` the schedule also keeps the worker's
+:class:`~framestream.stream.ledger.Ledger` (which decoded frames its readers hold) and admits
+a reference into the reservoir only while the ledger's committed bytes stay within the
+budget: the effective shuffle buffer shrinks instead of memory growing. That depends only on
+the schedule's own history, so a replay (resume, fast-forward) makes the same decisions.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from framestream.stream.ledger import Ledger, MemoryModel
 from framestream.stream.plan import Segment
 from framestream.stream.shuffle import Ref, Reservoir
 
@@ -32,6 +39,7 @@ class ScheduleConfig:
     active_shards: int
     buffer_size: int
     shuffle_warmup: int
+    memory: MemoryModel | None = None  # None: no ledger (pure order, e.g. elastic merges)
 
 
 class _Cursor:
@@ -71,6 +79,11 @@ class Schedule:
         self.next_id = 0
         self.emitted = 0
         self.padded = 0  # repeated frames appended to make up for dropped episodes
+        self.ledger = Ledger(config.memory) if config.memory is not None else None
+        # statistics of the budget (not state: a restored schedule counts afresh)
+        self.limited = 0  # samples that left while the budget kept the reservoir short
+        self.reservoir_sum = 0  # reservoir sizes summed over the samples that left
+        self.reservoir_limited_min: int | None = None  # smallest reservoir the budget forced
 
     # ------------------------------------------------------------------ driving
     def _fill(self) -> None:
@@ -84,17 +97,20 @@ class Schedule:
             self.cursors[rid] = _Cursor(seg)
             self.outstanding[rid] = 0
             self.active.append(rid)
+            if self.ledger is not None:
+                self.ledger.open(rid, seg.episode, np.arange(seg.start, seg.stop))
 
-    def _produce(self) -> Ref:
-        if len(self.active) == 1 or not self.config.shuffle:
-            rid = self.active[0]
+    def _produce(self, candidates: list[int] | None = None) -> Ref:
+        pool = self.active if candidates is None else candidates
+        if len(pool) == 1 or not self.config.shuffle:
+            rid = pool[0]
         else:
             # Weighted by frames left, so episodes drain together: one integer draw and a walk
             # (rng.choice with p= costs tens of microseconds per sample).
-            remaining = [self.cursors[r].remaining for r in self.active]
+            remaining = [self.cursors[r].remaining for r in pool]
             pick = int(self.rng.integers(sum(remaining)))
-            rid = self.active[-1]
-            for candidate, n in zip(self.active, remaining, strict=True):
+            rid = pool[-1]
+            for candidate, n in zip(pool, remaining, strict=True):
                 if pick < n:
                     rid = candidate
                     break
@@ -103,6 +119,8 @@ class Schedule:
         frame = cur.segment.start + cur.pos
         cur.pos += 1
         self.outstanding[rid] += 1
+        if self.ledger is not None:
+            self.ledger.produced(rid, frame)
         if cur.remaining == 0:
             self.active.remove(rid)
             self._fill()
@@ -116,10 +134,49 @@ class Schedule:
         """
         self._fill()
         if not self.config.shuffle:
-            return self._produce() if self.active else None
+            return self._emit(self._produce()) if self.active else None
+        limited = False
         while self.reservoir.wants_more() and self.active:
-            self.reservoir.push(self._produce())
-        return self.reservoir.pop() if len(self.reservoir) else None
+            pool = self._within_budget()
+            if pool is not None and not pool:
+                if len(self.reservoir):
+                    limited = True
+                    break
+                pool = self._cheapest()  # an empty reservoir must take one: progress first
+            self.reservoir.push(self._produce(pool))
+        if not len(self.reservoir):
+            return None
+        n = len(self.reservoir)
+        self.reservoir_sum += n
+        if limited:
+            self.limited += 1
+            low = self.reservoir_limited_min
+            self.reservoir_limited_min = n if low is None else min(low, n)
+        return self._emit(self.reservoir.pop())
+
+    def _within_budget(self) -> list[int] | None:
+        """The active readers a new reference may come from (None: any, no ledger)."""
+        if self.ledger is None:
+            return None
+        if self.ledger.roomy():
+            return None
+        cands = [(r, self.cursors[r].segment.start + self.cursors[r].pos) for r in self.active]
+        allowed = self.ledger.allowed(cands)
+        return None if len(allowed) == len(self.active) else allowed
+
+    def _cheapest(self) -> list[int]:
+        """Over budget with an empty reservoir: one reference must come anyway. It comes from
+        the started reader closest to its end (finishing it frees its frames; spreading over
+        every started one would keep all of their windows decoded), else the first one."""
+        started = [r for r in self.active if self.cursors[r].pos > 0]
+        if not started:
+            return self.active[:1]
+        return [min(started, key=lambda r: (self.cursors[r].remaining, r))]
+
+    def _emit(self, ref: Ref) -> Ref:
+        if self.ledger is not None:
+            self.ledger.emit(*ref)
+        return ref
 
     def done(self, rid: int) -> None:
         """A reference of reader ``rid`` left as a sample."""
@@ -127,6 +184,8 @@ class Schedule:
         self.outstanding[rid] -= 1
         if self.outstanding[rid] == 0 and rid not in self.active:
             del self.outstanding[rid], self.cursors[rid]
+            if self.ledger is not None:
+                self.ledger.close(rid)
 
     def is_open(self, rid: int) -> bool:
         return rid in self.cursors
@@ -167,6 +226,8 @@ class Schedule:
         if rid in self.active:
             self.active.remove(rid)
         self.outstanding.pop(rid, None)
+        if self.ledger is not None:
+            self.ledger.close(rid)
         lost = 1 + (before - len(self.reservoir.items)) + cur.remaining
         if pad:
             donors = [s for s in self.segments if s.size > 0 and s.episode != cur.segment.episode]
@@ -225,6 +286,12 @@ class Schedule:
             "reservoir": self.reservoir.state_dict(),
             "rng": self.rng.bit_generator.state,
             "emitted": self.emitted,
+            # per open reader, per camera: the highest frame decoded (what it holds follows)
+            "decoded": (
+                {str(rid): seg.last() for rid, seg in self.ledger.segments.items()}
+                if self.ledger is not None
+                else {}
+            ),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -243,3 +310,18 @@ class Schedule:
         self.outstanding = {rid: 0 for rid in self.cursors}
         for rid, _ in self.reservoir.items:
             self.outstanding[rid] += 1
+        if self.ledger is not None:
+            self.ledger = Ledger(self.ledger.model)
+            decoded = state.get("decoded", {})
+            for rid, cur in self.cursors.items():
+                seg = cur.segment
+                pending = np.concatenate(
+                    [
+                        np.asarray(self.pending(rid), dtype=np.int64),
+                        np.arange(seg.start + cur.pos, seg.stop, dtype=np.int64),
+                    ]
+                )
+                through = seg.start + cur.pos - 1 if cur.pos else -1
+                self.ledger.open(
+                    rid, seg.episode, pending, through=through, last=decoded.get(str(rid))
+                )

@@ -1,8 +1,9 @@
 """The output reservoir: a shuffle buffer of light sample references.
 
-It holds ``(reader slot, frame)`` pairs, never pixels, so ``buffer_size=1000`` costs a few
-kilobytes whatever the window length or image size; frames are decoded and assembled only
-when a reference leaves the reservoir. It starts emitting after ``warmup`` references and
+It holds ``(reader slot, frame)`` pairs, never pixels; but the frames a waiting reference
+needs may already be decoded (a later frame of its episode left first) and stay so until it
+leaves: that is the reservoir's real cost, which the schedule bounds with the worker's memory
+budget (:mod:`framestream.stream.ledger`). It starts emitting after ``warmup`` references and
 grows by one per emitted sample until ``buffer_size``: the first batch does not wait for a
 full buffer, and the mix reaches full strength after ``buffer_size`` samples.
 """

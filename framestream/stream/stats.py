@@ -35,8 +35,21 @@ FIELDS = (
     "batch_slot_fallbacks",
     "frame_buffers_reused",
     "frame_buffers_allocated",
+    "memory_budget_bytes",  # per worker, summed: the budget of all workers together
+    "memory_peak_bytes",  # max over workers: budget parts + committed frames at their peak
+    "memory_frames_peak_bytes",  # max over workers: decoded frames actually held at the peak
+    "memory_limited_samples",  # samples that left while the budget kept the reservoir short
+    "reservoir_fill_sum",  # reservoir sizes summed over the samples that left it
+    "reservoir_limited_min",  # min over workers: the smallest reservoir the budget forced
     *IO_FIELDS,
 )
+# How a field combines over workers (default: sum). A "min" field is stored as value + 1, so
+# that 0 means "nothing published" (each worker's row holds its current value).
+COMBINE = {
+    "memory_peak_bytes": "max",
+    "memory_frames_peak_bytes": "max",
+    "reservoir_limited_min": "min",
+}
 MAX_SLOTS = 129  # worker ids 0..127 plus the main process
 LOCK_TIMEOUT_S = 2.0
 
@@ -73,19 +86,39 @@ class StatsBoard:
         return timed_lock(self._lock)
 
     def add(self, slot: int, deltas: dict[str, float]) -> None:
+        """Add increments to a row; a :data:`COMBINE` field takes a current value instead
+        (the row keeps its max, or its min), so that several passes never add peaks up."""
         base = (slot % MAX_SLOTS) * len(FIELDS)
         with self._locked():
             for i, name in enumerate(FIELDS):
                 d = deltas.get(name)
-                if d:
+                if d is None:
+                    continue
+                how = COMBINE.get(name)
+                if how == "max":
+                    self._arr[base + i] = max(self._arr[base + i], d)
+                elif how == "min":
+                    old = self._arr[base + i]
+                    self._arr[base + i] = d + 1 if old == 0 else min(old, d + 1)
+                elif d:
                     self._arr[base + i] += d
 
     def totals(self) -> dict[str, Any]:
         n = len(FIELDS)
         with self._locked():
             values = self._arr[:]
-        sums = [sum(values[s * n + i] for s in range(MAX_SLOTS)) for i in range(n)]
-        return {name: int(v) for name, v in zip(FIELDS, sums, strict=True)}
+        out: dict[str, Any] = {}
+        for i, name in enumerate(FIELDS):
+            column = [values[s * n + i] for s in range(MAX_SLOTS)]
+            how = COMBINE.get(name)
+            if how == "max":
+                out[name] = int(max(column))
+            elif how == "min":
+                seen = [v for v in column if v > 0]
+                out[name] = int(min(seen)) - 1 if seen else None
+            else:
+                out[name] = int(sum(column))
+        return out
 
     def reset(self) -> None:
         with self._locked():

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from framestream._errors import (
@@ -23,14 +24,18 @@ from framestream._errors import (
     VideoDecodeError,
 )
 from framestream.decode.video import DecoderCache, resolve_backend
+from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import TableReader
+from framestream.stream import ledger as _ledger
+from framestream.stream.ledger import MemoryModel
 from framestream.stream.options import StreamOptions
 from framestream.stream.prefetch import StreamIO
 from framestream.stream.reader import Counters, SegmentReader
 from framestream.stream.sample import WindowSpec
-from framestream.stream.schedule import Schedule
+from framestream.stream.schedule import Schedule, ScheduleConfig
 from framestream.stream.state import StreamPosition
+from framestream.stream.stats import COMBINE
 
 log = logging.getLogger("framestream")
 
@@ -62,6 +67,61 @@ class ReadSpec:
     window: WindowSpec
     options: StreamOptions
     image_transforms: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+# An open decoder's own memory, in frames of its I420 size (measured: ~3-5 MB per torchcodec
+# AV1 decoder of 240x320, whose frames are 115 kB).
+DECODER_FRAMES = 32
+DECODE_CHUNK = 16  # the most frames a reader decodes at once beyond what a sample needs
+
+
+def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) -> MemoryModel:
+    """How a worker's budget splits: open decoders (estimated), 3/8 for batches, the
+    rest for decoded frames (accounted exactly by the schedule's ledger)."""
+    keys = meta.video_keys
+    frame_bytes, decoder_bytes = [], 0
+    shapes = [declared_frame_shape(meta.features[k]) for k in keys]
+    for key, shape in zip(keys, shapes, strict=True):
+        h, w, _ = shape or (0, 0, 3)
+        if meta.features[key].is_depth:
+            frame_bytes.append(h * w * 2)  # uint16 codes
+        elif options.pixel_format == "yuv420":
+            frame_bytes.append(h * w * 3 // 2)
+        else:
+            frame_bytes.append(h * w * 3)  # uint8, whatever the output dtype
+        decoder_bytes = max(decoder_bytes, DECODER_FRAMES * h * w * 3 // 2)
+    files = sum(
+        len(np.unique(meta.episodes.videos[k].chunk * (1 << 32) + meta.episodes.videos[k].file))
+        for k in keys
+    )
+    decoders = min(options.decoder_cache_size(len(keys)), max(1, files)) * decoder_bytes
+    budget = options.memory_budget
+    known = budget is not None and all(s is not None for s in shapes)  # else: account only
+    fixed = decoders + (_ledger.batch_share(budget) if budget is not None else 0)
+    return MemoryModel(
+        offsets=tuple(tuple(int(o) for o in window.frame_offsets(k)) for k in keys),
+        frame_bytes=tuple(frame_bytes),
+        length=lambda ep: int(meta.episodes.length[meta.episodes.row(ep)]),
+        decode_chunk=DECODE_CHUNK,
+        chunk_within_produced=options.shuffle,
+        frames_budget=max(0, budget - fixed) if known else None,
+        fixed_bytes=fixed,
+        budget=budget,
+    )
+
+
+def schedule_config(
+    meta: DatasetMeta, window: WindowSpec, options: StreamOptions
+) -> ScheduleConfig:
+    """The schedule's options, with the worker's memory model."""
+    o = options
+    return ScheduleConfig(
+        o.shuffle,
+        o.active_shards,
+        o.buffer_size,
+        o.shuffle_warmup,
+        memory=memory_model(meta, window, options),
+    )
 
 
 def _skip_reason(exc: Exception) -> str:
@@ -120,9 +180,16 @@ class WorkerStream:
             backend=self.decoders.backend,
         )
         self._published: dict[str, int] = {}
+        if schedule.ledger is None:  # a schedule built without a memory model
+            schedule.ledger = _ledger.Ledger(memory_model(meta, spec.window, opts))
+            schedule.load_state_dict(schedule.state_dict())  # accounts what is open
+        model = schedule.ledger.model
+        _ledger.set_batch_reserve(
+            _ledger.batch_share(model.budget) if model.budget is not None else None
+        )
 
     # ------------------------------------------------------------ reading
-    def _reader(self, rid: int, frame: int) -> SegmentReader:
+    def _reader(self, rid: int) -> SegmentReader:
         reader = self.readers.get(rid)
         if reader is None:
             sch, spec = self.schedule, self.spec
@@ -141,8 +208,7 @@ class WorkerStream:
                 depth_output_unit=opts.depth_output_unit,
                 pixel_format=opts.pixel_format,
                 image_transforms=spec.image_transforms,
-                cursor=sch.cursor(rid),
-                produced_pending=[*sch.pending(rid), frame],
+                ledger=sch.ledger.segments[rid],
             )
             self.readers[rid] = reader
         return reader
@@ -156,7 +222,7 @@ class WorkerStream:
                 return
             rid, frame = ref
             try:
-                reader = self._reader(rid, frame)
+                reader = self._reader(rid)
                 sample = reader.sample(frame)
             except FramestreamError as exc:
                 # A network outage is not a bad episode: never skip past it.
@@ -213,10 +279,27 @@ class WorkerStream:
             "decoder_cache_evictions": cache.evictions,
             **c.extra,
             **self.io.counters(),
+            **self._memory(),
         }
-        deltas = {k: v - self._published.get(k, 0) for k, v in now.items()}
+        # COMBINE fields go as current values (the board keeps their max or min)
+        deltas = {k: v if k in COMBINE else v - self._published.get(k, 0) for k, v in now.items()}
         self._published = now
         self._publish_to(deltas)
+
+    def _memory(self) -> dict[str, int]:
+        sch = self.schedule
+        led = sch.ledger
+        assert led is not None
+        out = {
+            "memory_budget_bytes": led.model.budget or 0,
+            "memory_peak_bytes": led.model.fixed_bytes + led.peak_committed,
+            "memory_frames_peak_bytes": led.peak_held,
+            "memory_limited_samples": sch.limited,
+            "reservoir_fill_sum": sch.reservoir_sum,
+        }
+        if sch.reservoir_limited_min is not None:
+            out["reservoir_limited_min"] = sch.reservoir_limited_min
+        return out
 
     def close(self) -> None:
         self._publish()
