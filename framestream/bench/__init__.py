@@ -16,7 +16,9 @@ See ``benchmarks/streaming/README.md`` for what each figure means.
 The modules, one job each: :mod:`.config` (settings and flags), :mod:`.windows` (frame
 windows per mode), :mod:`.measure` (the timed loop, latency, peak memory), :mod:`.dist` (ranks
 and per-node sums), :mod:`.ceiling` (the decode ceiling), :mod:`.shuffle` (the perfect-shuffle
-reference), :mod:`.system` (versions and machine), :mod:`.outputs` (JSON, CSV, summary) and
+reference), :mod:`.system` (versions and machine), :mod:`.outputs` (JSON, CSV, summary),
+:mod:`.remote` (the shaped loopback server, cold caches, bytes fetched against needed),
+:mod:`.ranks` (``--ranks N``: rank processes against one server, their totals) and
 :mod:`.runner`, which puts them together.
 """
 
