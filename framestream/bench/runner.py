@@ -25,6 +25,7 @@ from framestream.bench.remote import bench_root, link_fields, no_io, rank_io, st
 from framestream.bench.shuffle import expected_distinct_episodes
 from framestream.bench.system import load_avg, machine, versions
 from framestream.bench.windows import resolve_deltas
+from framestream.stream.stats import COMBINE
 
 
 def _epoch_batches(ds: Any, cfg: BenchConfig, epochs: int) -> int:
@@ -276,7 +277,10 @@ def _run_one(
     timed = {
         k: stats1[k] - stats0[k]
         for k in stats1
-        if isinstance(stats1[k], int) and k != "epoch" and k != "decoder_cache_lookups"
+        if isinstance(stats1[k], int)
+        and isinstance(stats0.get(k), int)
+        and k not in COMBINE  # peaks and minima (not counters) have no timed difference
+        and k not in ("epoch", "decoder_cache_lookups")
     }
     timed_samples = timing.timed_samples
     delivered = timed_samples * frames_per_sample
