@@ -13,8 +13,10 @@ import dataclasses
 import gc
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from framestream.datasets.common import Publisher, check_not_all_skipped, open_source
@@ -30,7 +32,8 @@ from framestream.format.selection import select_episodes
 from framestream.io.source import RemoteOptions, Source
 from framestream.stream.epoch import SkipEvent
 from framestream.stream.options import StreamOptions
-from framestream.stream.plan import Plan, make_plan, resolve_rank
+from framestream.stream.plan import MIN_CHUNK, Plan, make_plan, resolve_rank
+from framestream.stream.resume import Start
 from framestream.stream.sample import WindowSpec
 from framestream.stream.state import (
     STATE_VERSION,
@@ -162,10 +165,13 @@ class StreamingLeRobotDataset(
         self.window = WindowSpec.from_delta_timestamps(
             delta_timestamps, meta=self.meta, tolerance_s=self.options.tolerance_s
         )
+        if self.options.active_shards is None:
+            self.options = dataclasses.replace(self.options, active_shards=self._auto_active())
         self.delta_timestamps = delta_timestamps
         self.image_transforms = image_transforms
         self._rank, self._world_size = rank, world_size
         self._board = StatsBoard()
+        self._next_pass: tuple[tuple[Any, ...], Future[WorkerStream | None]] | None = None
         self._init_epoch_state()
 
     # --------------------------------------------------------------- public surface
@@ -200,6 +206,37 @@ class StreamingLeRobotDataset(
         epoch = self.epoch if epoch is None else epoch
         return self._plan(r if rank is None else rank, w, worker, num_workers, epoch)
 
+    def _camera_span(self) -> int:
+        """Frames between the first and last frame of a camera window (0: one frame)."""
+        spans = [np.ptp(self.window.frame_offsets(k)) for k in self.meta.video_keys]
+        return int(max(spans, default=0))
+
+    def _auto_active(self) -> int:
+        """Pieces open at once: 32 mixes like a global shuffle (see ``bench/shuffle.py``), but
+        each open piece holds its window's frames, so long windows open fewer (>= 8)."""
+        return int(np.clip(512 // max(1, self._camera_span()), 8, 32))
+
+    def mix_chunk(self) -> int:
+        """Frames per shuffled piece of an episode (0: whole episodes); see ``shuffle_chunk``.
+
+        Why it depends on the window: a cut between two pieces decodes the frames that both
+        sides' windows need twice, which is the cameras' window span (0 for one frame per
+        camera). 16 x the span keeps that under 1/16 of the frames decoded; a window longer
+        than 1/16 of an episode gives whole episodes.
+        """
+        o = self.options
+        if not o.shuffle:
+            return 0
+        if o.shuffle_chunk is not None:
+            return int(o.shuffle_chunk)
+        return MIN_CHUNK * max(1, self._camera_span())
+
+    def _plan_key(self) -> dict[str, int]:
+        """What, beside the seed and epoch, decides the plan (kept in every state)."""
+        chunk = self.mix_chunk()
+        lead = self.options.active_shards if chunk else 0
+        return {"chunk": chunk, "lead": lead, "cut_cost": self._camera_span()}
+
     def _plan(
         self,
         rank: int,
@@ -222,6 +259,7 @@ class StreamingLeRobotDataset(
             worker=worker,
             num_workers=num_workers,
             even_ranks=o.even_ranks if even_ranks is None else even_ranks,
+            **self._plan_key(),
         )
 
     def num_samples(self, *, num_workers: int = 0) -> int:
@@ -280,30 +318,19 @@ class StreamingLeRobotDataset(
             state = self._pending  # a loaded state applies to one pass only
         if info is None:
             self._pending = None  # consumed (or outdated); in workers the clock says so
-        start = self._start(state, epoch, worker, num_workers)
-        layout = Layout(*self.rank_and_world_size(), start.worker, num_workers, epoch)
-        # skip events of this pass, re-recorded for the drops a progress state replayed
-        events = max(1, num_workers)
+        layout = self.rank_and_world_size(), worker, num_workers, epoch
+        stream = self._take_prepared(layout if state is None else None)
+        if stream is None:
+            start = self._start(state, epoch, worker, num_workers)
+            stream = self._new_stream(start, layout, slot)
         if state is not None and state.progress is not None:
-            done = state.progress.consumed[start.worker]
+            # skip events of this pass, re-recorded for the drops a progress state replayed
+            lay = stream.layout
+            done = state.progress.consumed[lay.worker]
             for w, emitted, rid, lost in state.progress.skips:
-                if w == start.worker and emitted < done:
+                if w == lay.worker and emitted < done:
                     ev = SkipEvent(w, emitted, rid, lost)
-                    self._clock.record_skip(slot, epoch, events, ev)
-
-        def on_skip(emitted: int, rid: int, lost: int) -> None:
-            ev = SkipEvent(start.worker, emitted, rid, lost)
-            self._clock.record_skip(slot, epoch, events, ev)
-
-        stats_slot = (worker + 1) % self._board.slots
-        stream = WorkerStream(
-            ReadSpec(self.meta, self.window, self.options, self.image_transforms),
-            start.schedule,
-            layout,
-            publish=Publisher(self._board, stats_slot),
-            custom_segments=start.custom_segments,
-            on_skip=on_skip,
-        )
+                    self._clock.record_skip(slot, epoch, max(1, num_workers), ev)
         self._stream = stream
         try:
             yield from stream
@@ -311,6 +338,70 @@ class StreamingLeRobotDataset(
             check_not_all_skipped(stream, self.meta.source.url, self._board.totals(), planned)
         finally:
             stream.close()
+        if info is not None:
+            self._prepare_next(slot, worker, num_workers)
+
+    def _new_stream(self, start: Start, layout: tuple[Any, ...], slot: int) -> WorkerStream:
+        """The engine for ``start``; ``layout`` = ((rank, world size), worker, workers, epoch),
+        ``slot`` the epoch clock's (0: the training process, w + 1: worker w)."""
+        (rank, world_size), worker, num_workers, epoch = layout
+        events = max(1, num_workers)
+
+        def on_skip(emitted: int, rid: int, lost: int) -> None:
+            ev = SkipEvent(start.worker, emitted, rid, lost)
+            self._clock.record_skip(slot, epoch, events, ev)
+
+        return WorkerStream(
+            ReadSpec(self.meta, self.window, self.options, self.image_transforms),
+            start.schedule,
+            Layout(rank, world_size, start.worker, num_workers, epoch),
+            publish=Publisher(self._board, (worker + 1) % self._board.slots),
+            custom_segments=start.custom_segments,
+            on_skip=on_skip,
+        )
+
+    def _prepare_next(self, slot: int, worker: int, num_workers: int) -> None:
+        """In a DataLoader worker whose pass just ended: build the next pass's stream in a
+        thread (plan, first readers opened, their first frames decoded), for the epoch the
+        next pass will stream unless ``set_epoch`` says otherwise.
+
+        Why: a persistent worker otherwise starts all of this when the next ``iter(loader)``
+        asks for its first batch, and every worker does so at once: the training loop waits
+        about ``active_shards`` decode calls per camera at each epoch boundary. Here it runs
+        while the other workers' last batches drain. Nothing else changes: the stream is the
+        one a fresh pass would build (its schedule untouched), and it is used only if the
+        next pass is that fresh pass (same epoch and layout, no state loaded).
+        """
+        epoch = self._clock.peek(slot, num_workers)
+        layout = (self.rank_and_world_size(), worker, num_workers, epoch)
+
+        def build() -> WorkerStream | None:
+            stream = None
+            try:
+                start = self._start(None, epoch, worker, num_workers)
+                stream = self._new_stream(start, layout, slot)
+                stream.prepare()
+                return stream
+            except Exception:  # the pass itself meets (and reports) the same problem
+                if stream is not None:
+                    stream.close()
+                return None
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="framestream-next-pass")
+        self._next_pass = (layout, pool.submit(build))
+        pool.shutdown(wait=False)
+
+    def _take_prepared(self, layout: tuple[Any, ...] | None) -> WorkerStream | None:
+        """The stream :meth:`_prepare_next` built, if it is for ``layout`` (else closed;
+        None: this pass starts from a state, never from a prepared stream)."""
+        pending, self._next_pass = self._next_pass, None
+        if pending is None:
+            return None
+        prepared = pending[1].result()
+        if prepared is not None and (layout is None or pending[0] != layout):
+            prepared.close()
+            return None
+        return prepared
 
 
 def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

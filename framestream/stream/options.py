@@ -56,17 +56,27 @@ class StreamOptions:
     )
     seed: int = _opt(0, "with the epoch, fully determines the order")
     buffer_size: int = _opt(
-        1000,
+        256,
         "reservoir entries (references; the frames they need stay decoded until they leave)",
         minimum=1,
     )
-    active_shards: int = _opt(
-        8,
-        "episodes open at once per worker: more mixes better, each holds its pending frames",
+    active_shards: int | None = _opt(
+        None,
+        "episode pieces open at once per worker: more mixes better, each holds its frames; "
+        "None: 32, fewer for long camera windows (each open piece holds its window: "
+        "512 / span, at least 8)",
         minimum=1,
     )
     shuffle_warmup: int = _opt(
         64, "references held before the first sample leaves (lower: faster first batch)", minimum=1
+    )
+    shuffle_chunk: int | None = _opt(
+        None,
+        "frames per shuffled piece of an episode: pieces of every episode are dealt to every "
+        "worker, so one worker's batch mixes them all; a cut re-decodes the cameras' window "
+        "span; None: 16 frames, or 16 x the span (whole episodes for long windows); 0: whole "
+        "episodes",
+        minimum=0,
     )
     video_decoder_cache_size: int | None = _opt(
         None, "open decoders kept per worker; None: (active_shards + 1) x cameras", minimum=1
@@ -121,7 +131,7 @@ class StreamOptions:
         """The decoder cache's capacity for a dataset with ``num_cameras`` cameras."""
         if self.video_decoder_cache_size is not None:
             return self.video_decoder_cache_size
-        return (self.active_shards + 1) * max(1, num_cameras)
+        return ((self.active_shards or 8) + 1) * max(1, num_cameras)
 
 
 def option_docs(cls: type = StreamOptions) -> dict[str, str]:

@@ -122,7 +122,7 @@ class WorkerStream:
         self._published: dict[str, int] = {}
 
     # ------------------------------------------------------------ reading
-    def _reader(self, rid: int, frame: int) -> SegmentReader:
+    def _reader(self, rid: int, frame: int | None) -> SegmentReader:
         reader = self.readers.get(rid)
         if reader is None:
             sch, spec = self.schedule, self.spec
@@ -142,10 +142,25 @@ class WorkerStream:
                 pixel_format=opts.pixel_format,
                 image_transforms=spec.image_transforms,
                 cursor=sch.cursor(rid),
-                produced_pending=[*sch.pending(rid), frame],
+                produced_pending=[*sch.pending(rid), *([] if frame is None else [frame])],
             )
             self.readers[rid] = reader
         return reader
+
+    def prepare(self) -> None:
+        """Open the readers of the segments the schedule opens first and decode their first
+        frames, before any sample is asked for (the dataset does it for a worker's next pass
+        while the last one drains). The schedule's position does not move: a reader built
+        now pends the same frames as one built when its first sample comes due."""
+        sch = self.schedule
+        sch._fill()  # what next_ref() opens first; draws nothing from the RNG
+        for rid in list(sch.active):
+            if rid in self.readers:
+                continue
+            reader = self._reader(rid, None)
+            for key, cam in reader.cameras.items():
+                if len(cam.needed):
+                    reader._ensure(cam, key, int(cam.needed[0]))  # one decode call per camera
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         sch, opts = self.schedule, self.spec.options
