@@ -338,7 +338,7 @@ class StreamingLeRobotDataset(
             check_not_all_skipped(stream, self.meta.source.url, self._board.totals(), planned)
         finally:
             stream.close()
-        if info is not None:
+        if info is not None and not os.environ.get("NOPREP"):
             self._prepare_next(slot, worker, num_workers)
 
     def _new_stream(self, start: Start, layout: tuple[Any, ...], slot: int) -> WorkerStream:
