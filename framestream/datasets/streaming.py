@@ -338,7 +338,7 @@ class StreamingLeRobotDataset(
             check_not_all_skipped(stream, self.meta.source.url, self._board.totals(), planned)
         finally:
             stream.close()
-        if info is not None and not os.environ.get("NOPREP"):
+        if info is not None:
             self._prepare_next(slot, worker, num_workers)
 
     def _new_stream(self, start: Start, layout: tuple[Any, ...], slot: int) -> WorkerStream:
@@ -401,6 +401,8 @@ class StreamingLeRobotDataset(
         if prepared is not None and (layout is None or pending[0] != layout):
             prepared.close()
             return None
+        if prepared is not None:  # stats(): passes that started on a prepared stream
+            prepared.counters.extra["prepared_passes"] = 1
         return prepared
 
 

@@ -13,10 +13,10 @@ Mixing (``chunk`` > 0, shuffled). A DataLoader batch comes whole from one worker
 can only mix the episodes that worker reads: with whole episodes split across 2 workers, each
 batch draws from half of them, and a shuffle can reach at best ~75 % of a global shuffle's
 distinct episodes per batch. So episodes are cut into pieces of about ``chunk`` frames (at a
-random phase) and dealt round-robin: round ``j`` holds one random piece of every episode
-that has ``j + 1`` pieces, in a random order. Every contiguous run of that order (a rank's or
-a worker's share) then holds pieces of nearly every episode, and any ``active_shards``
-consecutive pieces come from distinct episodes. Pieces start anywhere in their episodes, so
+random phase) and dealt evenly over the epoch's order: an episode of ``n`` pieces has one
+in every ``1/n`` of it. Every contiguous run of that order (a rank's or a worker's share)
+then holds pieces of nearly every episode, in proportion to their lengths, and neighbouring
+pieces come from distinct episodes. Pieces start anywhere in their episodes, so
 the first batches are not biased towards episode starts. A cut costs nothing when samples
 need one frame per camera; with a window it re-decodes the window's span at the cut, so the
 caller sizes ``chunk`` from the window (``chunk`` >= an episode: whole episodes).
@@ -110,13 +110,12 @@ def epoch_order(episodes: np.ndarray, *, seed: int, epoch: int, shuffle: bool) -
 def chunk_episodes(
     order: Sequence[int], length_of: dict[int, int], *, chunk: int, rng: np.random.Generator
 ) -> list[Segment]:
-    """Episodes in ``order`` cut into pieces of ~``chunk`` frames, dealt round-robin.
+    """Episodes in ``order`` cut into pieces of ~``chunk`` frames, dealt evenly.
 
     Each episode longer than ``chunk`` is cut every ``chunk`` frames from a random phase; a
     piece shorter than ``chunk // 2`` joins its neighbour, so pieces hold ``chunk // 2`` to
-    ``1.5 * chunk`` frames. The pieces of each episode are shuffled; round ``j`` then takes
-    the ``j``-th piece of every episode that has one, in a random order (see the module
-    docstring for why).
+    ``1.5 * chunk`` frames. The pieces of each episode are shuffled, then spread evenly over
+    the order (see the module docstring for why).
     """
     pieces: list[list[Segment]] = []
     for e in order:
@@ -136,12 +135,12 @@ def chunk_episodes(
                 merged.append([a, b])
         segs = [Segment(int(e), a, b) for a, b in merged]
         pieces.append([segs[i] for i in rng.permutation(len(segs))])
-    out: list[Segment] = []
-    rounds = max((len(p) for p in pieces), default=0)
-    for j in range(rounds):
-        this = [p[j] for p in pieces if len(p) > j]
-        out += [this[i] for i in rng.permutation(len(this))]
-    return out
+    # Piece j of an episode with n pieces is dealt at time (j + u) / n (u uniform, one per
+    # episode): every stretch of the order holds pieces of each episode in proportion to its
+    # length, and an episode's pieces lie 1/n apart, so neighbours are other episodes.
+    times = [(j + u) / len(p) for p in pieces for u in [rng.random()] for j in range(len(p))]
+    flat = [s for p in pieces for s in p]
+    return [flat[i] for i in np.argsort(np.asarray(times), kind="stable")]
 
 
 def lead_in(

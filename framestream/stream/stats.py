@@ -35,6 +35,7 @@ FIELDS = (
     "batch_slot_fallbacks",
     "frame_buffers_reused",
     "frame_buffers_allocated",
+    "prepared_passes",  # passes whose stream a persistent worker built ahead (dataset)
     *IO_FIELDS,
 )
 MAX_SLOTS = 129  # worker ids 0..127 plus the main process
