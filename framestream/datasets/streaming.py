@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -63,9 +64,7 @@ def _freeze_inherited_objects() -> bool:
 _freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
 
 
-class StreamingLeRobotDataset(
-    LeRobotStreamingSurface, Resumable, torch.utils.data.IterableDataset
-):
+class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.data.IterableDataset):
     """Stream a LeRobot v3.0 dataset: shuffled, split across ranks and workers, decoded once.
 
     Called as LeRobot 0.6.1's ``StreamingLeRobotDataset(repo_id, root=PATH, ...)`` or as
@@ -375,21 +374,23 @@ class StreamingLeRobotDataset(
         epoch = self._clock.peek(slot, num_workers)
         layout = (self.rank_and_world_size(), worker, num_workers, epoch)
 
-        def build() -> WorkerStream | None:
+        done: Future[WorkerStream | None] = Future()
+
+        def build() -> None:
             stream = None
             try:
                 start = self._start(None, epoch, worker, num_workers)
                 stream = self._new_stream(start, layout, slot)
                 stream.prepare()
-                return stream
             except Exception:  # the pass itself meets (and reports) the same problem
                 if stream is not None:
                     stream.close()
-                return None
+                stream = None
+            done.set_result(stream)
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix="framestream-next-pass")
-        self._next_pass = (layout, pool.submit(build))
-        pool.shutdown(wait=False)
+        # A daemon thread: a worker that is not persistent exits without waiting for it.
+        threading.Thread(target=build, name="framestream-next-pass", daemon=True).start()
+        self._next_pass = (layout, done)
 
     def _take_prepared(self, layout: tuple[Any, ...] | None) -> WorkerStream | None:
         """The stream :meth:`_prepare_next` built, if it is for ``layout`` (else closed;

@@ -56,7 +56,7 @@ class StreamOptions:
     )
     seed: int = _opt(0, "with the epoch, fully determines the order")
     buffer_size: int = _opt(
-        256,
+        1000,
         "reservoir entries (references; the frames they need stay decoded until they leave)",
         minimum=1,
     )
@@ -131,7 +131,7 @@ class StreamOptions:
         """The decoder cache's capacity for a dataset with ``num_cameras`` cameras."""
         if self.video_decoder_cache_size is not None:
             return self.video_decoder_cache_size
-        return ((self.active_shards or 8) + 1) * max(1, num_cameras)
+        return ((self.active_shards or 32) + 1) * max(1, num_cameras)
 
 
 def option_docs(cls: type = StreamOptions) -> dict[str, str]:

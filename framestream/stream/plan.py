@@ -16,18 +16,18 @@ distinct episodes per batch. So episodes are cut into pieces of about ``chunk`` 
 random phase) and dealt evenly over the epoch's order: an episode of ``n`` pieces has one
 in every ``1/n`` of it. Every contiguous run of that order (a rank's or a worker's share)
 then holds pieces of nearly every episode, in proportion to their lengths, and neighbouring
-pieces come from distinct episodes. Pieces start anywhere in their episodes, so
-the first batches are not biased towards episode starts. A cut costs nothing when samples
-need one frame per camera; with a window it re-decodes the window's span at the cut, so the
-caller sizes ``chunk`` from the window (``chunk`` >= an episode: whole episodes).
+pieces come from distinct episodes. Pieces start anywhere in their episodes, so the first
+batches are not biased towards episode starts. A cut costs nothing when samples need one
+frame per camera; with a window it re-decodes the window's span at the cut, so the caller
+sizes ``chunk`` from the window (``chunk`` >= an episode: whole episodes).
 
 Lead-in (``lead`` > 0). The first ``lead`` segments a worker opens start together; if they
 start at their first frame, so does every sample of the first batches (and, when they are
 most of a worker's share, they advance in step all epoch). Each of them is cut at a uniform
 random frame: the tail is read first, the head later, at a random place in the worker's
-order. A cut re-decodes ``cut_cost`` frames
-per camera (the window's span), so cuts stop where they would re-decode more than 1/16 of
-the worker's frames: with long windows on a small share, lead segments stay whole.
+order. A cut re-decodes ``cut_cost`` frames per camera (the window's span), so cuts stop
+where they would re-decode more than 1/16 of the worker's frames: with long windows on a
+small share, lead segments stay whole.
 """
 
 from __future__ import annotations
@@ -247,10 +247,10 @@ def make_plan(
 ) -> Plan:
     """The segments (rank, worker) reads this epoch, in reading order.
 
-    With ``shuffle``, ``chunk`` > 0 cuts episodes into pieces of ~``chunk`` frames dealt
-    round-robin, and ``lead`` > 0 starts the first ``lead`` segments of each worker at random
-    frames, where a cut re-decodes ``cut_cost`` frames (see the module docstring); 0 keeps
-    whole episodes in the epoch's order.
+    With ``shuffle``, ``chunk`` > 0 cuts episodes into pieces of ~``chunk`` frames spread
+    evenly over the order, and ``lead`` > 0 starts the first ``lead`` segments of each
+    worker at random frames, where a cut re-decodes ``cut_cost`` frames (see the module
+    docstring); 0 keeps whole episodes in the epoch's order.
     With ``even_ranks``, every (rank, worker) gets the same number of samples: shorter shares
     are padded by repeating their own frames (segments with ``repeat=True``), so DDP ranks
     run the same number of steps and never wait on each other at the end of an epoch.
