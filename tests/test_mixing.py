@@ -257,3 +257,15 @@ def test_mixing_recorder_figures():
     assert got["epoch_boundary_gaps_s"] == [1.0]
     assert got["epoch_boundary_gap_ratio"] == pytest.approx(10.0)
     assert ks_uniform((np.arange(1000) + 0.5) / 1000) < 0.001
+
+
+def test_defaults_follow_the_camera_window(meta):
+    one = make(meta)  # one frame per camera: small pieces, 32 open
+    assert (one.mix_chunk(), one.options.active_shards) == (16, 32)
+    fps = meta.fps
+    long = make(meta, delta_timestamps={"observation.images.cam0": [-150 / fps, 0.0]})
+    # a cut re-decodes the 150-frame span: pieces of 16 x 150 (whole episodes here), and
+    # fewer open pieces, each holding its window
+    assert (long.mix_chunk(), long.options.active_shards) == (2400, 8)
+    assert make(meta, shuffle=False).mix_chunk() == 0
+    assert make(meta, active_shards=5).options.active_shards == 5
