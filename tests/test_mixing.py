@@ -269,3 +269,14 @@ def test_defaults_follow_the_camera_window(meta):
     assert (long.mix_chunk(), long.options.active_shards) == (2400, 8)
     assert make(meta, shuffle=False).mix_chunk() == 0
     assert make(meta, active_shards=5).options.active_shards == 5
+
+
+def test_only_persistent_workers_prepare_the_next_pass():
+    from framestream.datasets.streaming import _persistent_worker
+
+    def _worker_loop(persistent_workers: bool) -> bool:  # torch's worker loop, by its name
+        return _persistent_worker()
+
+    assert _worker_loop(True) is True
+    assert _worker_loop(False) is False
+    assert _persistent_worker() is False  # not in a DataLoader worker

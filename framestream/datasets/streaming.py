@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -62,6 +63,21 @@ def _freeze_inherited_objects() -> bool:
 
 
 _freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
+
+
+def _persistent_worker() -> bool:
+    """Whether this DataLoader worker outlives the pass (``persistent_workers=True``).
+
+    torch does not expose it, but its worker loop takes it as an argument: read it from that
+    frame. Why: building the next pass's stream ahead is wasted work in a worker that exits.
+    Unknown (another loader, another torch): False.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_worker_loop" and "persistent_workers" in frame.f_locals:
+            return bool(frame.f_locals["persistent_workers"])
+        frame = frame.f_back
+    return False
 
 
 class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.data.IterableDataset):
@@ -331,13 +347,22 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
                     ev = SkipEvent(w, emitted, rid, lost)
                     self._clock.record_skip(slot, epoch, max(1, num_workers), ev)
         self._stream = stream
+        # A persistent worker builds its next pass's stream once this one drains (every piece
+        # opened, half of its samples out): see _prepare_next.
+        ahead = info is not None and _persistent_worker()
+        sch = stream.schedule
+        half = sum(s.size for s in sch.segments) // 2
         try:
-            yield from stream
+            for sample in stream:
+                if ahead and sch.next_segment >= len(sch.segments) and sch.emitted >= half:
+                    ahead = False
+                    self._prepare_next(slot, worker, num_workers)
+                yield sample
             planned = self.num_samples(num_workers=num_workers)
             check_not_all_skipped(stream, self.meta.source.url, self._board.totals(), planned)
         finally:
             stream.close()
-        if info is not None:
+        if ahead:
             self._prepare_next(slot, worker, num_workers)
 
     def _new_stream(self, start: Start, layout: tuple[Any, ...], slot: int) -> WorkerStream:
@@ -366,9 +391,9 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
 
         Why: a persistent worker otherwise starts all of this when the next ``iter(loader)``
         asks for its first batch, and every worker does so at once: the training loop waits
-        about ``active_shards`` decode calls per camera at each epoch boundary. Here it runs
-        while the other workers' last batches drain. Nothing else changes: the stream is the
-        one a fresh pass would build (its schedule untouched), and it is used only if the
+        ``active_shards`` decode calls per camera at each epoch boundary. Here it runs while
+        the pass drains (called there, or at its end). Nothing else changes: the stream is
+        the one a fresh pass would build (its schedule untouched), and it is used only if the
         next pass is that fresh pass (same epoch and layout, no state loaded).
         """
         epoch = self._clock.peek(slot, num_workers)
