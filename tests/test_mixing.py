@@ -280,3 +280,18 @@ def test_only_persistent_workers_prepare_the_next_pass():
     assert _worker_loop(True) is True
     assert _worker_loop(False) is False
     assert _persistent_worker() is False  # not in a DataLoader worker
+
+
+def test_long_keyframe_intervals_keep_episodes_whole(tmp_path):
+    from framestream.testing.synth import generate_synthetic_dataset
+
+    root = generate_synthetic_dataset(
+        tmp_path / "ds", num_episodes=2, min_length=40, max_length=40, height=48, width=80,
+        codec="h264", gop=40, num_cameras=1, seed=0,
+    )  # fmt: skip
+    ds = StreamingLeRobotDataset(str(root), return_uint8=True)
+    # a piece starts with a seek decoding up to 40 unused frames: pieces of 16 x 20 frames
+    assert ds.mix_chunk() == 320
+    segs = ds.plan().segments  # whole episodes, but for one lead-in cut each
+    assert sorted(Counter(s.episode for s in segs).values()) == [2, 2]
+    assert sum(s.size for s in segs) == 80

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-import numpy as np
 import torch
 
 from framestream.datasets.common import Publisher, check_not_all_skipped, open_source
@@ -27,6 +26,7 @@ from framestream.datasets.lerobot_args import (
     lerobot_stream_options,
     resolve_location,
 )
+from framestream.datasets.mixing import auto_active, camera_span, mix_chunk
 from framestream.datasets.resumable import Resumable
 from framestream.decode.buffers import per_process
 from framestream.format.meta import DatasetMeta
@@ -34,7 +34,7 @@ from framestream.format.selection import select_episodes
 from framestream.io.source import RemoteOptions, Source
 from framestream.stream.epoch import SkipEvent
 from framestream.stream.options import StreamOptions
-from framestream.stream.plan import MIN_CHUNK, Plan, make_plan, resolve_rank
+from framestream.stream.plan import Plan, make_plan, resolve_rank
 from framestream.stream.resume import Start
 from framestream.stream.sample import WindowSpec
 from framestream.stream.state import (
@@ -181,7 +181,8 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
             delta_timestamps, meta=self.meta, tolerance_s=self.options.tolerance_s
         )
         if self.options.active_shards is None:
-            self.options = dataclasses.replace(self.options, active_shards=self._auto_active())
+            active = auto_active(camera_span(self.meta, self.window))
+            self.options = dataclasses.replace(self.options, active_shards=active)
         self.delta_timestamps = delta_timestamps
         self.image_transforms = image_transforms
         self._rank, self._world_size = rank, world_size
@@ -222,29 +223,14 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
         return self._plan(r if rank is None else rank, w, worker, num_workers, epoch)
 
     def _camera_span(self) -> int:
-        """Frames between the first and last frame of a camera window (0: one frame)."""
-        spans = [np.ptp(self.window.frame_offsets(k)) for k in self.meta.video_keys]
-        return int(max(spans, default=0))
-
-    def _auto_active(self) -> int:
-        """Pieces open at once: 32 mixes like a global shuffle (see ``bench/shuffle.py``), but
-        each open piece holds its window's frames, so long windows open fewer (>= 8)."""
-        return int(np.clip(512 // max(1, self._camera_span()), 8, 32))
+        return camera_span(self.meta, self.window)
 
     def mix_chunk(self) -> int:
-        """Frames per shuffled piece of an episode (0: whole episodes); see ``shuffle_chunk``.
-
-        Why it depends on the window: a cut between two pieces decodes the frames that both
-        sides' windows need twice, which is the cameras' window span (0 for one frame per
-        camera). 16 x the span keeps that under 1/16 of the frames decoded; a window longer
-        than 1/16 of an episode gives whole episodes.
-        """
-        o = self.options
-        if not o.shuffle:
-            return 0
-        if o.shuffle_chunk is not None:
-            return int(o.shuffle_chunk)
-        return MIN_CHUNK * max(1, self._camera_span())
+        """Frames per shuffled piece of an episode (0: whole episodes); see
+        :func:`~framestream.datasets.mixing.mix_chunk`."""
+        if "_chunk" not in self.__dict__:  # reads each camera's first mp4 index once
+            self._chunk = mix_chunk(self.options, self.meta, self.window, self.episodes)
+        return self._chunk
 
     def _plan_key(self) -> dict[str, int]:
         """What, beside the seed and epoch, decides the plan (kept in every state)."""
