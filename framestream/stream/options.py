@@ -74,7 +74,8 @@ class StreamOptions:
         None,
         "frames per shuffled piece of an episode: pieces of every episode are dealt to every "
         "worker, so one worker's batch mixes them all; a cut re-decodes the cameras' window "
-        "span; None: 16 frames, or 16 x the span (whole episodes for long windows); 0: whole "
+        "span and a piece starts with a seek; None: 16, or enough for cuts to cost < 1/16 "
+        "(16 x span, 8 keyframe intervals; byte-range sources: whole episodes); 0: whole "
         "episodes",
         minimum=0,
     )
