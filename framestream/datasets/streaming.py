@@ -334,13 +334,15 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
                     self._clock.record_skip(slot, epoch, max(1, num_workers), ev)
         self._stream = stream
         # A persistent worker builds its next pass's stream once this one drains (every piece
-        # opened, half of its samples out): see _prepare_next.
+        # opened, at most half a reservoir left, so its frames have mostly been freed): see
+        # _prepare_next.
         ahead = info is not None and _persistent_worker()
         sch = stream.schedule
-        half = sum(s.size for s in sch.segments) // 2
+        total = sum(s.size for s in sch.segments)
+        drained = max(total // 2, total - self.options.buffer_size // 2)
         try:
             for sample in stream:
-                if ahead and sch.next_segment >= len(sch.segments) and sch.emitted >= half:
+                if ahead and sch.next_segment >= len(sch.segments) and sch.emitted >= drained:
                     ahead = False
                     self._prepare_next(slot, worker, num_workers)
                 yield sample
