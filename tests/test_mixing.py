@@ -292,6 +292,9 @@ def test_long_keyframe_intervals_keep_episodes_whole(tmp_path):
     ds = StreamingLeRobotDataset(str(root), return_uint8=True)
     # a piece starts with a seek decoding up to 40 unused frames: pieces of 16 x 20 frames
     assert ds.mix_chunk() == 320
-    segs = ds.plan().segments  # whole episodes, but for one lead-in cut each
-    assert sorted(Counter(s.episode for s in segs).values()) == [2, 2]
-    assert sum(s.size for s in segs) == 80
+    # whole episodes, streamed as before pieces: no lead-in cut (a seek too), 8 open
+    assert sorted((s.episode, s.start, s.stop) for s in ds.plan().segments) == [
+        (0, 0, 40),
+        (1, 0, 40),
+    ]
+    assert ds.options.active_shards == 8

@@ -24,11 +24,12 @@ def camera_span(meta: Any, window: Any) -> int:
     return int(max(spans, default=0))
 
 
-def auto_active(span: int) -> int:
+def auto_active(span: int, pieces: bool) -> int:
     """Pieces open at once per worker: 32 mixes like a global shuffle on the benchmark
     dataset, but each open piece holds its window's frames, so long windows open fewer:
-    512 / span, at least 8."""
-    return int(np.clip(512 // max(1, span), 8, 32))
+    512 / span, at least 8. Whole episodes (``pieces`` False: long windows or GOPs, ranged
+    sources) keep the 8 open that streamed them before."""
+    return int(np.clip(512 // max(1, span), 8, 32)) if pieces else 8
 
 
 def keyframe_interval(meta: Any, episode: int) -> int:

@@ -181,7 +181,7 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
             delta_timestamps, meta=self.meta, tolerance_s=self.options.tolerance_s
         )
         if self.options.active_shards is None:
-            active = auto_active(camera_span(self.meta, self.window))
+            active = auto_active(camera_span(self.meta, self.window), self._pieces())
             self.options = dataclasses.replace(self.options, active_shards=active)
         self.delta_timestamps = delta_timestamps
         self.image_transforms = image_transforms
@@ -232,11 +232,15 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
             self._chunk = mix_chunk(self.options, self.meta, self.window, self.episodes)
         return self._chunk
 
+    def _pieces(self) -> bool:
+        """Whether episodes are cut at all (else whole episodes, streamed as before)."""
+        chunk = self.mix_chunk()
+        return 0 < chunk < int(max(self.lengths, default=0))
+
     def _plan_key(self) -> dict[str, int]:
         """What, beside the seed and epoch, decides the plan (kept in every state)."""
-        chunk = self.mix_chunk()
-        lead = self.options.active_shards if chunk else 0
-        return {"chunk": chunk, "lead": lead, "cut_cost": self._camera_span()}
+        lead = self.options.active_shards if self._pieces() else 0
+        return {"chunk": self.mix_chunk(), "lead": lead, "cut_cost": self._camera_span()}
 
     def _plan(
         self,
