@@ -88,14 +88,9 @@ class Schedule:
     def _produce(self) -> Ref:
         if len(self.active) == 1 or not self.config.shuffle:
             rid = self.active[0]
-        elif self.next_segment < len(self.segments):
-            # Uniform while segments are left to open: open segments advance at one rate and
-            # end at staggered times, so their positions stay spread (weighted by frames left,
-            # they would drain together and the next ones would all start together).
-            rid = self.active[int(self.rng.integers(len(self.active)))]
         else:
-            # The last ones: weighted by frames left, so they drain together: one integer draw
-            # and a walk (rng.choice with p= costs tens of microseconds per sample).
+            # Weighted by frames left, so episodes drain together: one integer draw and a walk
+            # (rng.choice with p= costs tens of microseconds per sample).
             remaining = [self.cursors[r].remaining for r in self.active]
             pick = int(self.rng.integers(sum(remaining)))
             rid = self.active[-1]
