@@ -12,7 +12,7 @@ from framestream.stream.options import option_docs
 
 def test_defaults_and_frozen():
     o = StreamOptions()
-    assert (o.buffer_size, o.active_shards, o.on_error) == (1000, 8, "raise")
+    assert (o.buffer_size, o.active_shards, o.on_error) == (1000, None, "raise")  # None: auto
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.buffer_size = 3  # type: ignore[misc]
 
@@ -63,7 +63,8 @@ def test_config_fields_come_from_the_options():
 
 def test_dataset_takes_options_and_keywords(small_root):
     ds = StreamingLeRobotDataset(str(small_root), options=StreamOptions(seed=3), buffer_size=9)
-    assert ds.options == StreamOptions(seed=3, buffer_size=9)
+    # the dataset resolves active_shards=None (32 for one frame per camera)
+    assert ds.options == StreamOptions(seed=3, buffer_size=9, active_shards=32)
     assert ds.buffer_size == 9  # options read as attributes too
     with pytest.raises(TypeError, match="unknown stream option"):
         StreamingLeRobotDataset(str(small_root), bufer_size=9)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from framestream._units import parse_size
+from framestream.stream.options import StreamOptions
 
 MODES = ("single", "sarm", "window", "custom")
 # Targets of the streaming issue: decoded-frame equivalents (samples/s x cameras) per node as
@@ -36,8 +37,8 @@ class BenchConfig:
     warmup_batches: int | None = None  # None: enough to fill every worker's reservoir
     warmup_epochs: int = 0  # >0: time whole epochs after this many (overrides warmup_batches)
     epochs: int = 1
-    buffer_size: int = 1000
-    active_shards: int = 8
+    buffer_size: int = StreamOptions.buffer_size  # the library's defaults
+    active_shards: int | None = StreamOptions.active_shards
     float: bool = False
     channels_last: bool = False
     collate: str = "framestream"  # or "default": torch's default_collate
@@ -165,8 +166,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "in it and epoch starts are included; use with --epochs > N and --max-batches 0",
     )
     p.add_argument("--epochs", type=int, default=1, help="epochs at most (set_epoch between)")
-    p.add_argument("--buffer-size", type=int, default=1000)
-    p.add_argument("--active-shards", type=int, default=8)
+    p.add_argument("--buffer-size", type=int, default=StreamOptions.buffer_size)
+    p.add_argument("--active-shards", type=int, default=StreamOptions.active_shards)
     p.add_argument(
         "--float", action="store_true", help="float32 cameras in [0, 1] (default: uint8)"
     )

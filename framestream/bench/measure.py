@@ -150,9 +150,15 @@ class Timing:
 
 
 def stream_timed(
-    ds: Any, cfg: BenchConfig, warmup: int, progress: Callable[[int], None] | None
+    ds: Any,
+    cfg: BenchConfig,
+    warmup: int,
+    progress: Callable[[int], None] | None,
+    mixing: Any = None,
 ) -> Timing:
     """Iterate ``ds`` through a DataLoader for up to ``cfg.epochs``, timing after ``warmup``.
+
+    ``mixing`` (a :class:`~framestream.bench.shuffle.MixingRecorder`) sees every batch.
 
     Returns once the DataLoader workers are shut down, so that whatever runs next (the decode
     ceiling) has the cores to itself.
@@ -192,6 +198,8 @@ def stream_timed(
             now = time.perf_counter()
             n = len(batch["index"])
             t.sink += touch(batch)
+            if mixing is not None:
+                mixing.add(batch["episode_index"], batch["frame_index"], now, epoch)
             if t.first_batch_s is None:
                 t.first_batch_s = now - t_iter
             t.total_batches += 1

@@ -22,7 +22,7 @@ from framestream.bench.dist import DistInfo, detect_dist, gather_node_sums, init
 from framestream.bench.lerobot_compare import comparison_fields
 from framestream.bench.measure import percentiles, stream_timed
 from framestream.bench.remote import bench_root, link_fields, no_io, rank_io, start_server
-from framestream.bench.shuffle import expected_distinct_episodes
+from framestream.bench.shuffle import MixingRecorder, expected_distinct_episodes
 from framestream.bench.system import load_avg, machine, versions
 from framestream.bench.windows import resolve_deltas
 from framestream.stream.stats import COMBINE
@@ -267,7 +267,9 @@ def _run_one(
         f"streaming: mode={mode} workers={cfg.num_workers} batch={cfg.batch_size} "
         f"warm-up={warmup} batches"
     )
-    timing = stream_timed(ds, cfg, warmup, progress)
+    length_of = dict(zip(ds.episodes.tolist(), ds.lengths.tolist(), strict=True))
+    mixing = MixingRecorder(length_of, cfg.batch_size)
+    timing = stream_timed(ds, cfg, warmup, progress, mixing)
     stats1 = timing.stats1
     stats0 = timing.stats0
     if stats0 is None:
@@ -348,8 +350,8 @@ def _run_one(
         "dtype": "float32" if cfg.float else "uint8",
         "layout": "channels_last" if cfg.channels_last else "contiguous",
         "collate": cfg.collate,
-        "buffer_size": cfg.buffer_size,
-        "active_shards": cfg.active_shards,
+        "buffer_size": ds.options.buffer_size,
+        "active_shards": ds.options.active_shards,
         "seed": cfg.seed,
         "torch_threads": torch.get_num_threads(),
         "rank": info.rank,
@@ -401,6 +403,7 @@ def _run_one(
         "expected_distinct_episodes": shuffle_ref["exact"],
         "expected_distinct_episodes_with_replacement": shuffle_ref["with_replacement"],
         "shuffle_quality": _ratio(mean_distinct, shuffle_ref["exact"]),
+        **mixing.summary(shuffle_ref["exact"]),
         "ceiling_frames_per_s": ceil_fps,
         "ceiling_processes": ceiling.get("ceiling_processes"),
         "ceiling": ceiling or None,

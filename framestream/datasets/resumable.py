@@ -38,6 +38,7 @@ class Resumable:
     window: Any
     episodes: Any
     _clock: EpochClock
+    _plan_key: Any
 
     @property
     def epoch(self) -> int:
@@ -98,6 +99,7 @@ class Resumable:
             seed=o.seed,
             shuffle=o.shuffle,
             even_ranks=o.even_ranks,
+            plan=self._plan_key(),
         )
 
     def _init_epoch_state(self) -> None:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -23,6 +26,7 @@ from framestream.datasets.lerobot_args import (
     lerobot_stream_options,
     resolve_location,
 )
+from framestream.datasets.mixing import auto_active, camera_span, mix_chunk
 from framestream.datasets.resumable import Resumable
 from framestream.decode.buffers import per_process
 from framestream.format.meta import DatasetMeta
@@ -31,6 +35,7 @@ from framestream.io.source import RemoteOptions, Source
 from framestream.stream.epoch import SkipEvent
 from framestream.stream.options import StreamOptions
 from framestream.stream.plan import Plan, make_plan, resolve_rank
+from framestream.stream.resume import Start
 from framestream.stream.sample import WindowSpec
 from framestream.stream.state import (
     STATE_VERSION,
@@ -60,9 +65,22 @@ def _freeze_inherited_objects() -> bool:
 _freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
 
 
-class StreamingLeRobotDataset(
-    LeRobotStreamingSurface, Resumable, torch.utils.data.IterableDataset
-):
+def _persistent_worker() -> bool:
+    """Whether this DataLoader worker outlives the pass (``persistent_workers=True``).
+
+    torch does not expose it, but its worker loop takes it as an argument: read it from that
+    frame. Why: building the next pass's stream ahead is wasted work in a worker that exits.
+    Unknown (another loader, another torch): False.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_worker_loop" and "persistent_workers" in frame.f_locals:
+            return bool(frame.f_locals["persistent_workers"])
+        frame = frame.f_back
+    return False
+
+
+class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.data.IterableDataset):
     """Stream a LeRobot v3.0 dataset: shuffled, split across ranks and workers, decoded once.
 
     Called as LeRobot 0.6.1's ``StreamingLeRobotDataset(repo_id, root=PATH, ...)`` or as
@@ -162,10 +180,14 @@ class StreamingLeRobotDataset(
         self.window = WindowSpec.from_delta_timestamps(
             delta_timestamps, meta=self.meta, tolerance_s=self.options.tolerance_s
         )
+        if self.options.active_shards is None:
+            active = auto_active(camera_span(self.meta, self.window), self._pieces())
+            self.options = dataclasses.replace(self.options, active_shards=active)
         self.delta_timestamps = delta_timestamps
         self.image_transforms = image_transforms
         self._rank, self._world_size = rank, world_size
         self._board = StatsBoard()
+        self._next_pass: tuple[tuple[Any, ...], Future[WorkerStream | None]] | None = None
         self._init_epoch_state()
 
     # --------------------------------------------------------------- public surface
@@ -200,6 +222,26 @@ class StreamingLeRobotDataset(
         epoch = self.epoch if epoch is None else epoch
         return self._plan(r if rank is None else rank, w, worker, num_workers, epoch)
 
+    def _camera_span(self) -> int:
+        return camera_span(self.meta, self.window)
+
+    def mix_chunk(self) -> int:
+        """Frames per shuffled piece of an episode (0: whole episodes); see
+        :func:`~framestream.datasets.mixing.mix_chunk`."""
+        if "_chunk" not in self.__dict__:  # reads each camera's first mp4 index once
+            self._chunk = mix_chunk(self.options, self.meta, self.window, self.episodes)
+        return self._chunk
+
+    def _pieces(self) -> bool:
+        """Whether episodes are cut at all (else whole episodes, streamed as before)."""
+        chunk = self.mix_chunk()
+        return 0 < chunk < int(max(self.lengths, default=0))
+
+    def _plan_key(self) -> dict[str, int]:
+        """What, beside the seed and epoch, decides the plan (kept in every state)."""
+        lead = self.options.active_shards if self._pieces() else 0
+        return {"chunk": self.mix_chunk(), "lead": lead, "cut_cost": self._camera_span()}
+
     def _plan(
         self,
         rank: int,
@@ -222,6 +264,7 @@ class StreamingLeRobotDataset(
             worker=worker,
             num_workers=num_workers,
             even_ranks=o.even_ranks if even_ranks is None else even_ranks,
+            **self._plan_key(),
         )
 
     def num_samples(self, *, num_workers: int = 0) -> int:
@@ -280,37 +323,105 @@ class StreamingLeRobotDataset(
             state = self._pending  # a loaded state applies to one pass only
         if info is None:
             self._pending = None  # consumed (or outdated); in workers the clock says so
-        start = self._start(state, epoch, worker, num_workers)
-        layout = Layout(*self.rank_and_world_size(), start.worker, num_workers, epoch)
-        # skip events of this pass, re-recorded for the drops a progress state replayed
-        events = max(1, num_workers)
+        layout = self.rank_and_world_size(), worker, num_workers, epoch
+        stream = self._take_prepared(layout if state is None else None)
+        if stream is None:
+            start = self._start(state, epoch, worker, num_workers)
+            stream = self._new_stream(start, layout, slot)
         if state is not None and state.progress is not None:
-            done = state.progress.consumed[start.worker]
+            # skip events of this pass, re-recorded for the drops a progress state replayed
+            lay = stream.layout
+            done = state.progress.consumed[lay.worker]
             for w, emitted, rid, lost in state.progress.skips:
-                if w == start.worker and emitted < done:
+                if w == lay.worker and emitted < done:
                     ev = SkipEvent(w, emitted, rid, lost)
-                    self._clock.record_skip(slot, epoch, events, ev)
+                    self._clock.record_skip(slot, epoch, max(1, num_workers), ev)
+        self._stream = stream
+        # A persistent worker builds its next pass's stream once this one drains (every piece
+        # opened, at most half a reservoir left, so its frames have mostly been freed): see
+        # _prepare_next.
+        ahead = info is not None and _persistent_worker()
+        sch = stream.schedule
+        total = sum(s.size for s in sch.segments)
+        drained = max(total // 2, total - self.options.buffer_size // 2)
+        try:
+            for sample in stream:
+                if ahead and sch.next_segment >= len(sch.segments) and sch.emitted >= drained:
+                    ahead = False
+                    self._prepare_next(slot, worker, num_workers)
+                yield sample
+            planned = self.num_samples(num_workers=num_workers)
+            check_not_all_skipped(stream, self.meta.source.url, self._board.totals(), planned)
+        finally:
+            stream.close()
+        if ahead:
+            self._prepare_next(slot, worker, num_workers)
+
+    def _new_stream(self, start: Start, layout: tuple[Any, ...], slot: int) -> WorkerStream:
+        """The engine for ``start``; ``layout`` = ((rank, world size), worker, workers, epoch),
+        ``slot`` the epoch clock's (0: the training process, w + 1: worker w)."""
+        (rank, world_size), worker, num_workers, epoch = layout
+        events = max(1, num_workers)
 
         def on_skip(emitted: int, rid: int, lost: int) -> None:
             ev = SkipEvent(start.worker, emitted, rid, lost)
             self._clock.record_skip(slot, epoch, events, ev)
 
-        stats_slot = (worker + 1) % self._board.slots
-        stream = WorkerStream(
+        return WorkerStream(
             ReadSpec(self.meta, self.window, self.options, self.image_transforms),
             start.schedule,
-            layout,
-            publish=Publisher(self._board, stats_slot),
+            Layout(rank, world_size, start.worker, num_workers, epoch),
+            publish=Publisher(self._board, (worker + 1) % self._board.slots),
             custom_segments=start.custom_segments,
             on_skip=on_skip,
         )
-        self._stream = stream
-        try:
-            yield from stream
-            planned = self.num_samples(num_workers=num_workers)
-            check_not_all_skipped(stream, self.meta.source.url, self._board.totals(), planned)
-        finally:
-            stream.close()
+
+    def _prepare_next(self, slot: int, worker: int, num_workers: int) -> None:
+        """In a DataLoader worker whose pass just ended: build the next pass's stream in a
+        thread (plan, first readers opened, their first frames decoded), for the epoch the
+        next pass will stream unless ``set_epoch`` says otherwise.
+
+        Why: a persistent worker otherwise starts all of this when the next ``iter(loader)``
+        asks for its first batch, and every worker does so at once: the training loop waits
+        ``active_shards`` decode calls per camera at each epoch boundary. Here it runs while
+        the pass drains (called there, or at its end). Nothing else changes: the stream is
+        the one a fresh pass would build (its schedule untouched), and it is used only if the
+        next pass is that fresh pass (same epoch and layout, no state loaded).
+        """
+        epoch = self._clock.peek(slot, num_workers)
+        layout = (self.rank_and_world_size(), worker, num_workers, epoch)
+
+        done: Future[WorkerStream | None] = Future()
+
+        def build() -> None:
+            stream = None
+            try:
+                start = self._start(None, epoch, worker, num_workers)
+                stream = self._new_stream(start, layout, slot)
+                stream.prepare()
+            except Exception:  # the pass itself meets (and reports) the same problem
+                if stream is not None:
+                    stream.close()
+                stream = None
+            done.set_result(stream)
+
+        # A daemon thread: a worker that is not persistent exits without waiting for it.
+        threading.Thread(target=build, name="framestream-next-pass", daemon=True).start()
+        self._next_pass = (layout, done)
+
+    def _take_prepared(self, layout: tuple[Any, ...] | None) -> WorkerStream | None:
+        """The stream :meth:`_prepare_next` built, if it is for ``layout`` (else closed;
+        None: this pass starts from a state, never from a prepared stream)."""
+        pending, self._next_pass = self._next_pass, None
+        if pending is None:
+            return None
+        prepared = pending[1].result()
+        if prepared is not None and (layout is None or pending[0] != layout):
+            prepared.close()
+            return None
+        if prepared is not None:  # stats(): passes that started on a prepared stream
+            prepared.counters.extra["prepared_passes"] = 1
+        return prepared
 
 
 def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -66,13 +66,24 @@ class StreamOptions:
         "reservoir entries (references; the frames they need stay decoded until they leave)",
         minimum=1,
     )
-    active_shards: int = _opt(
-        8,
-        "episodes open at once per worker: more mixes better, each holds its pending frames",
+    active_shards: int | None = _opt(
+        None,
+        "episode pieces open at once per worker: more mixes better, each holds its frames; "
+        "None: 32, fewer for long camera windows (each open piece holds its window: "
+        "512 / span, at least 8)",
         minimum=1,
     )
     shuffle_warmup: int = _opt(
         64, "references held before the first sample leaves (lower: faster first batch)", minimum=1
+    )
+    shuffle_chunk: int | None = _opt(
+        None,
+        "frames per shuffled piece of an episode: pieces of every episode are dealt to every "
+        "worker, so one worker's batch mixes them all; a cut re-decodes the cameras' window "
+        "span and a piece starts with a seek; None: 16, or enough for cuts to cost < 1/16 "
+        "(16 x span, 8 keyframe intervals; byte-range sources: whole episodes); 0: whole "
+        "episodes",
+        minimum=0,
     )
     video_decoder_cache_size: int | None = _opt(
         None, "open decoders kept per worker; None: (active_shards + 1) x cameras", minimum=1
@@ -136,7 +147,7 @@ class StreamOptions:
         """The decoder cache's capacity for a dataset with ``num_cameras`` cameras."""
         if self.video_decoder_cache_size is not None:
             return self.video_decoder_cache_size
-        return (self.active_shards + 1) * max(1, num_cameras)
+        return ((self.active_shards or 32) + 1) * max(1, num_cameras)
 
 
 def option_docs(cls: type = StreamOptions) -> dict[str, str]:

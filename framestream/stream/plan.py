@@ -5,9 +5,29 @@ world size, worker, number of workers): every process can recompute any other's 
 is what makes disjointness, equal counts and elastic resume checkable.
 
 The unit is a :class:`Segment`, a frame range of one episode. Ranks and workers get
-contiguous runs of the epoch's episode order, cut at episode boundaries when there are at
-least as many episodes as parts (balanced by frame count), and inside episodes otherwise, so
+contiguous runs of the epoch's segment order, cut at segment boundaries when there are at
+least as many segments as parts (balanced by frame count), and inside segments otherwise, so
 that every worker is busy even with a single episode or a single file.
+
+Mixing (``chunk`` > 0, shuffled). A DataLoader batch comes whole from one worker, so a batch
+can only mix the episodes that worker reads: with whole episodes split across 2 workers, each
+batch draws from half of them, and a shuffle can reach at best ~75 % of a global shuffle's
+distinct episodes per batch. So episodes are cut into pieces of about ``chunk`` frames (at a
+random phase) and dealt evenly over the epoch's order: an episode of ``n`` pieces has one
+in every ``1/n`` of it. Every contiguous run of that order (a rank's or a worker's share)
+then holds pieces of nearly every episode, in proportion to their lengths, and neighbouring
+pieces come from distinct episodes. Pieces start anywhere in their episodes, so the first
+batches are not biased towards episode starts. A cut costs nothing when samples need one
+frame per camera; with a window it re-decodes the window's span at the cut, so the caller
+sizes ``chunk`` from the window (``chunk`` >= an episode: whole episodes).
+
+Lead-in (``lead`` > 0). The first ``lead`` segments a worker opens start together; if they
+start at their first frame, so does every sample of the first batches (and, when they are
+most of a worker's share, they advance in step all epoch). Each of them is cut at a uniform
+random frame: the tail is read first, the head later, at a random place in the worker's
+order. A cut re-decodes ``cut_cost`` frames per camera (the window's span), so cuts stop
+where they would re-decode more than 1/16 of the worker's frames: with long windows on a
+small share, lead segments stay whole.
 """
 
 from __future__ import annotations
@@ -18,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+MIN_CHUNK = 16  # frames: a reader decodes 16 frames per call, so smaller pieces gain little
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,63 @@ def epoch_order(episodes: np.ndarray, *, seed: int, epoch: int, shuffle: bool) -
         return np.asarray(episodes).copy()
     rng = np.random.default_rng([int(seed), int(epoch), 0x5EED])
     return np.asarray(episodes)[rng.permutation(len(episodes))]
+
+
+def chunk_episodes(
+    order: Sequence[int], length_of: dict[int, int], *, chunk: int, rng: np.random.Generator
+) -> list[Segment]:
+    """Episodes in ``order`` cut into pieces of ~``chunk`` frames, dealt evenly.
+
+    Each episode longer than ``chunk`` is cut every ``chunk`` frames from a random phase; a
+    piece shorter than ``chunk // 2`` joins its neighbour, so pieces hold ``chunk // 2`` to
+    ``1.5 * chunk`` frames. The pieces of each episode are shuffled, then spread evenly over
+    the order (see the module docstring for why).
+    """
+    pieces: list[list[Segment]] = []
+    for e in order:
+        n = int(length_of[int(e)])
+        if n <= 0:
+            continue
+        if chunk <= 0 or n <= chunk:
+            pieces.append([Segment(int(e), 0, n)])
+            continue
+        phase = int(rng.integers(chunk))
+        cuts = sorted({0, n, *range(phase, n, chunk)})
+        merged: list[list[int]] = []
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            if merged and (b - a < chunk // 2 or merged[-1][1] - merged[-1][0] < chunk // 2):
+                merged[-1][1] = b
+            else:
+                merged.append([a, b])
+        segs = [Segment(int(e), a, b) for a, b in merged]
+        pieces.append([segs[i] for i in rng.permutation(len(segs))])
+    # Piece j of an episode with n pieces is dealt at time (j + u) / n (u uniform, one per
+    # episode): every stretch of the order holds pieces of each episode in proportion to its
+    # length, and an episode's pieces lie 1/n apart, so neighbours are other episodes.
+    times = [(j + u) / len(p) for p in pieces for u in [rng.random()] for j in range(len(p))]
+    flat = [s for p in pieces for s in p]
+    return [flat[i] for i in np.argsort(np.asarray(times), kind="stable")]
+
+
+def lead_in(
+    segments: Sequence[Segment], lead: int, rng: np.random.Generator, *, cut_cost: int = 0
+) -> list[Segment]:
+    """Cut each of the first ``lead`` segments at a random frame: tail now, head later.
+
+    Cuts cost ``cut_cost`` re-decoded frames each and stop at 1/16 of the frames.
+    """
+    first, rest = list(segments[:lead]), list(segments[lead:])
+    budget = _count(segments) // MIN_CHUNK
+    tails: list[Segment] = []
+    for s in first:
+        if s.size < 2 or budget < cut_cost:
+            tails.append(s)
+            continue
+        budget -= cut_cost
+        r = s.start + int(rng.integers(1, s.size))
+        tails.append(Segment(s.episode, r, s.stop, s.repeat))
+        rest.insert(int(rng.integers(len(rest) + 1)), Segment(s.episode, s.start, r, s.repeat))
+    return tails + rest
 
 
 def partition(segments: Sequence[Segment], parts: int) -> list[list[Segment]]:
@@ -162,9 +241,16 @@ def make_plan(
     worker: int,
     num_workers: int,
     even_ranks: bool = False,
+    chunk: int = 0,
+    lead: int = 0,
+    cut_cost: int = 0,
 ) -> Plan:
     """The segments (rank, worker) reads this epoch, in reading order.
 
+    With ``shuffle``, ``chunk`` > 0 cuts episodes into pieces of ~``chunk`` frames spread
+    evenly over the order, and ``lead`` > 0 starts the first ``lead`` segments of each
+    worker at random frames, where a cut re-decodes ``cut_cost`` frames (see the module
+    docstring); 0 keeps whole episodes in the epoch's order.
     With ``even_ranks``, every (rank, worker) gets the same number of samples: shorter shares
     are padded by repeating their own frames (segments with ``repeat=True``), so DDP ranks
     run the same number of steps and never wait on each other at the end of an epoch.
@@ -173,10 +259,17 @@ def make_plan(
     length_of = dict(zip(np.asarray(episodes).tolist(), np.asarray(lengths).tolist(), strict=True))
     order = epoch_order(np.asarray(episodes), seed=seed, epoch=epoch, shuffle=shuffle)
     # Empty episodes hold no sample: leaving them out keeps every part's frames balanced.
-    segs = [Segment(int(e), 0, int(length_of[int(e)])) for e in order if length_of[int(e)] > 0]
+    rng = np.random.default_rng([int(seed), int(epoch), 0xC4]) if shuffle else None
+    if rng is not None and chunk > 0:
+        segs = chunk_episodes(order.tolist(), length_of, chunk=int(chunk), rng=rng)
+    else:
+        segs = [Segment(int(e), 0, int(length_of[int(e)])) for e in order if length_of[int(e)] > 0]
     ranks = partition(segs, world_size)
     mine = partition(ranks[rank], num_workers)
     share = mine[worker]
+    if shuffle and lead > 0:
+        rng = np.random.default_rng([seed, epoch, rank, worker, 0x1EAD])
+        share = lead_in(share, lead, rng, cut_cost=cut_cost)
     if even_ranks:
         target = max(_count(w) for r in ranks for w in partition(r, num_workers))
         donors = share or ranks[rank] or segs

@@ -120,7 +120,7 @@ class SegmentReader:
             timestamps=self.ep.timestamps[todo].astype(np.float64),
             tolerance_s=self.tolerance_s,
             fps=self.meta.fps,
-            pixel_format=(DEPTH_PIX_FMT if depth else "rgb" if self.yuv is None else "yuv420"),
+            pixel_format=self._pixel_format(key),
             span=self._span(cam, from_ts),
             frame_shape=declared_frame_shape(self.meta.features[key]),
         )
@@ -146,6 +146,23 @@ class SegmentReader:
                 to_planar(arr[i], own)
             cam.store[f] = own
         self.counters.decoded_frames += len(todo)
+
+    def open_decoders(self) -> None:
+        """Open (in the decoder cache) the decoder each camera will read, decoding nothing."""
+        for key, cam in self.cameras.items():
+            if not len(cam.needed):
+                continue
+            from_ts = self.meta.video_from_timestamp(self.ep.episode, key)
+            self.decoders.get(
+                self.meta.video_file(self.ep.episode, key),
+                self._pixel_format(key),
+                self._span(cam, from_ts),
+            )
+
+    def _pixel_format(self, key: str) -> str:
+        if self.meta.features[key].is_depth:
+            return DEPTH_PIX_FMT
+        return "rgb" if self.yuv is None else "yuv420"
 
     def _span(self, cam: _CameraFrames, from_ts: float) -> tuple[float, float] | None:
         """Seconds of the camera's file this reader decodes (remote ``fetch="ranges"``: its

@@ -45,6 +45,9 @@ class Fingerprint:
     seed: int
     shuffle: bool
     even_ranks: bool
+    # how episodes were cut and dealt (plan.make_plan's chunk and lead): resuming, even
+    # elastically, rebuilds the saved plans, so they must match; None: a state without it
+    plan: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,7 @@ class Fingerprint:
             "seed": self.seed,
             "shuffle": self.shuffle,
             "even_ranks": self.even_ranks,
+            "plan": None if self.plan is None else dict(self.plan),
         }
 
     def check(self, saved: Fingerprint, *, elastic: bool = False) -> None:
@@ -61,7 +65,7 @@ class Fingerprint:
         differ: it changes the padding, not the order.
         """
         mine, theirs = self.to_dict(), saved.to_dict()
-        keys = ("dataset", "seed", "shuffle") + (() if elastic else ("even_ranks",))
+        keys = ("dataset", "seed", "shuffle", "plan") + (() if elastic else ("even_ranks",))
         for key in keys:
             if theirs[key] != mine[key]:
                 hint = ""
@@ -198,6 +202,7 @@ def parse_state(state: Any) -> DatasetState:
             seed=int(state["seed"]),
             shuffle=bool(state["shuffle"]),
             even_ranks=bool(state["even_ranks"]),
+            plan=None if state.get("plan") is None else dict(state["plan"]),
         )
         streams = tuple(StreamPosition.from_dict(s) for s in state.get("streams") or ())
         progress = None

@@ -41,6 +41,7 @@ FIELDS = (
     "memory_limited_samples",  # samples that left while the budget kept the reservoir short
     "reservoir_fill_sum",  # reservoir sizes summed over the samples that left it
     "reservoir_limited_min",  # min over workers: the smallest reservoir the budget forced
+    "prepared_passes",  # passes whose stream a persistent worker built ahead (dataset)
     *IO_FIELDS,
 )
 # How a field combines over workers (default: sum). A "min" field is stored as value + 1, so

@@ -213,6 +213,18 @@ class WorkerStream:
             self.readers[rid] = reader
         return reader
 
+    def prepare(self) -> None:
+        """Open the readers of the segments the schedule opens first (their table rows read,
+        their decoders open) before any sample is asked for: the dataset does it for a
+        worker's next pass while the last one drains. Nothing is decoded, so the memory
+        ledger stays exact, and the schedule's position does not move (opening segments
+        draws nothing from the RNG)."""
+        sch = self.schedule
+        sch._fill()  # what next_ref() opens first
+        for rid in list(sch.active):
+            if rid not in self.readers:
+                self._reader(rid).open_decoders()
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         sch, opts = self.schedule, self.spec.options
         while True:

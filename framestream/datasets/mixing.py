@@ -1,0 +1,76 @@
+"""How the streaming dataset cuts episodes for mixing: piece size and open pieces, by default.
+
+Why here: the plan (:mod:`framestream.stream.plan`) is pure and takes the piece size as a
+number; what that number should be depends on the dataset (its camera window, its videos'
+keyframe spacing, where its bytes come from), which only the dataset knows. Each rule bounds
+what a cut costs: frames decoded twice, or a seek, kept under 1/16 of the frames decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from framestream.stream.plan import MIN_CHUNK
+
+__all__ = ["auto_active", "camera_span", "keyframe_interval", "mix_chunk"]
+
+
+def camera_span(meta: Any, window: Any) -> int:
+    """Frames between the first and last frame of a camera window (0: one frame)."""
+    spans = [np.ptp(window.frame_offsets(k)) for k in meta.video_keys]
+    return int(max(spans, default=0))
+
+
+def auto_active(span: int, pieces: bool) -> int:
+    """Pieces open at once per worker: 32 mixes like a global shuffle on the benchmark
+    dataset, but each open piece holds its window's frames, so long windows open fewer:
+    512 / span, at least 8. Whole episodes (``pieces`` False: long windows or GOPs, ranged
+    sources) keep the 8 open that streamed them before."""
+    return int(np.clip(512 // max(1, span), 8, 32)) if pieces else 8
+
+
+def keyframe_interval(meta: Any, episode: int) -> int:
+    """The longest run of frames from one keyframe to the next in each camera's video file
+    of ``episode`` (LeRobot encodes every file alike); 0 when it cannot be read here."""
+    from framestream.io.mp4index import index_file
+
+    gop = 1
+    try:
+        for key in meta.video_keys:
+            with meta.source.open(meta.video_file(int(episode), key)) as f:
+                size = f.seek(0, 2)
+
+                def read_at(offset: int, n: int, f: Any = f) -> bytes:
+                    f.seek(offset)
+                    return f.read(n)
+
+                index = index_file(read_at, size)
+            sync = np.flatnonzero(index.is_sync)
+            gop = max(gop, int(np.diff(sync).max()) if len(sync) > 1 else len(index))
+    except Exception:  # not an mp4 we can index: the stream reports real problems itself
+        return 0
+    return gop
+
+
+def mix_chunk(options: Any, meta: Any, window: Any, episodes: Sequence[int]) -> int:
+    """Frames per shuffled piece of an episode (0: whole episodes).
+
+    ``options.shuffle_chunk`` when given. Otherwise the smallest piece whose cuts cost under
+    1/16 of its frames: 16 frames, times the camera window's span (a cut decodes the span
+    twice) or half the keyframe interval (a piece starts with a seek that decodes up to a
+    keyframe interval of frames it does not use: long-GOP H.264 gets whole episodes). A
+    source read as byte ranges opens a decoder per piece's span: whole episodes there.
+    """
+    if not options.shuffle:
+        return 0
+    if options.shuffle_chunk is not None:
+        return int(options.shuffle_chunk)
+    if not meta.video_keys or not len(episodes):
+        return MIN_CHUNK
+    if meta.source.fetches_ranges:
+        return 0
+    gop = keyframe_interval(meta, int(episodes[0]))
+    return MIN_CHUNK * max(1, camera_span(meta, window), gop // 2) if gop else 0
