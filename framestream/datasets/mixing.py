@@ -61,8 +61,10 @@ def mix_chunk(options: Any, meta: Any, window: Any, episodes: Sequence[int]) -> 
     ``options.shuffle_chunk`` when given. Otherwise the smallest piece whose cuts cost under
     1/16 of its frames: 16 frames, times the camera window's span (a cut decodes the span
     twice) or half the keyframe interval (a piece starts with a seek that decodes up to a
-    keyframe interval of frames it does not use: long-GOP H.264 gets whole episodes). A
-    source read as byte ranges opens a decoder per piece's span: whole episodes there.
+    keyframe interval of frames it does not use: long-GOP H.264 gets whole episodes). Remote
+    sources keep whole episodes: pieces would spread every episode over every rank, so each
+    node would fetch (and, read as byte ranges, open a decoder per piece of) nearly every file,
+    and the keyframe probe itself would fetch a file at construction.
     """
     if not options.shuffle:
         return 0
@@ -70,7 +72,7 @@ def mix_chunk(options: Any, meta: Any, window: Any, episodes: Sequence[int]) -> 
         return int(options.shuffle_chunk)
     if not meta.video_keys or not len(episodes):
         return MIN_CHUNK
-    if meta.source.fetches_ranges:
+    if not meta.source.is_local:
         return 0
     gop = keyframe_interval(meta, int(episodes[0]))
     return MIN_CHUNK * max(1, camera_span(meta, window), gop // 2) if gop else 0

@@ -81,7 +81,7 @@ class StreamOptions:
         "frames per shuffled piece of an episode: pieces of every episode are dealt to every "
         "worker, so one worker's batch mixes them all; a cut re-decodes the cameras' window "
         "span and a piece starts with a seek; None: 16, or enough for cuts to cost < 1/16 "
-        "(16 x span, 8 keyframe intervals; byte-range sources: whole episodes); 0: whole "
+        "(16 x span, 8 keyframe intervals; remote sources: whole episodes); 0: whole "
         "episodes",
         minimum=0,
     )
