@@ -58,7 +58,9 @@ def _rows(samples, keys):
 
 def test_replaced_between_epochs_http(big, tmp_path):
     root = _copy(big, tmp_path / "ds")
-    local = StreamingLeRobotDataset(str(root), return_uint8=True, seed=1, episodes=EPS)
+    local = StreamingLeRobotDataset(
+        str(root), return_uint8=True, seed=1, episodes=EPS, shuffle_chunk=0
+    )
     want = _rows(list(local), local.meta.video_keys)
     with serve("http", root) as srv:
         cache = tmp_path / "cache"
@@ -137,7 +139,7 @@ def test_replaced_mid_epoch_with_workers(big, tmp_path):
 
 
 def test_server_without_range_support(small, big, tmp_path):
-    local = StreamingLeRobotDataset(str(small), return_uint8=True, seed=5)
+    local = StreamingLeRobotDataset(str(small), return_uint8=True, seed=5, shuffle_chunk=0)
     want = _rows(list(local), local.meta.video_keys)
     with serve("http", small) as srv:
         srv.faults.ignore_range = True
@@ -148,7 +150,9 @@ def test_server_without_range_support(small, big, tmp_path):
         gets = Counter(p for m, p, _r, _s in srv.faults.log if m == "GET")
         assert max(gets.values()) <= 2, gets  # not 15 retries of whole downloads
     eps = [0, 1, 2, 3]
-    local = StreamingLeRobotDataset(str(big), return_uint8=True, seed=5, episodes=eps)
+    local = StreamingLeRobotDataset(
+        str(big), return_uint8=True, seed=5, episodes=eps, shuffle_chunk=0
+    )
     want = _rows(list(local), local.meta.video_keys)
     with serve("http", big) as srv:
         srv.faults.ignore_range = True

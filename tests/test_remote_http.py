@@ -45,7 +45,7 @@ def server(root):
 
 @pytest.fixture(scope="module")
 def local_samples(root):
-    return list(StreamingLeRobotDataset(str(root), return_uint8=True, seed=5))
+    return list(StreamingLeRobotDataset(str(root), return_uint8=True, seed=5, shuffle_chunk=0))
 
 
 def test_full_epoch_equals_local(server, root, local_samples, tmp_path):

@@ -41,7 +41,7 @@ def _healthy(server):
 
 @pytest.fixture(scope="module")
 def local_samples(root):
-    return list(StreamingLeRobotDataset(str(root), return_uint8=True, seed=2))
+    return list(StreamingLeRobotDataset(str(root), return_uint8=True, seed=2, shuffle_chunk=0))
 
 
 def test_epoch_with_workers_equals_local(server, root, local_samples, tmp_path):
