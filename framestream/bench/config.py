@@ -39,6 +39,8 @@ class BenchConfig:
     epochs: int = 1
     buffer_size: int = StreamOptions.buffer_size  # the library's defaults
     active_shards: int | None = StreamOptions.active_shards
+    memory_budget: int | None = StreamOptions.memory_budget
+    shuffle_chunk: int | None = StreamOptions.shuffle_chunk
     float: bool = False
     channels_last: bool = False
     collate: str = "framestream"  # or "default": torch's default_collate
@@ -168,6 +170,20 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=1, help="epochs at most (set_epoch between)")
     p.add_argument("--buffer-size", type=int, default=StreamOptions.buffer_size)
     p.add_argument("--active-shards", type=int, default=StreamOptions.active_shards)
+    p.add_argument(
+        "--memory-budget",
+        type=lambda v: None if v.lower() == "none" else parse_size(v),
+        default=StreamOptions.memory_budget,
+        help="bytes per worker for decoded frames, decoders and batch slots, e.g. 512MB; "
+        "none: unbounded (default: the library's)",
+    )
+    p.add_argument(
+        "--shuffle-chunk",
+        type=int,
+        default=StreamOptions.shuffle_chunk,
+        help="frames per shuffled piece of an episode; 0: whole episodes (default: the "
+        "library's rule)",
+    )
     p.add_argument(
         "--float", action="store_true", help="float32 cameras in [0, 1] (default: uint8)"
     )

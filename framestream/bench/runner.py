@@ -243,6 +243,8 @@ def _run_one(
         seed=cfg.seed,
         buffer_size=cfg.buffer_size,
         active_shards=cfg.active_shards,
+        memory_budget=cfg.memory_budget,
+        shuffle_chunk=cfg.shuffle_chunk,
         rank=info.rank,
         world_size=info.world_size,
         video_backend=cfg.video_backend,  # type: ignore[arg-type]
@@ -352,6 +354,8 @@ def _run_one(
         "collate": cfg.collate,
         "buffer_size": ds.options.buffer_size,
         "active_shards": ds.options.active_shards,
+        "memory_budget": ds.options.memory_budget,
+        "shuffle_chunk": ds.mix_chunk() if hasattr(ds, "mix_chunk") else None,
         "seed": cfg.seed,
         "torch_threads": torch.get_num_threads(),
         "rank": info.rank,
