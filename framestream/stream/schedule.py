@@ -104,8 +104,14 @@ class Schedule:
         pool = self.active if candidates is None else candidates
         if len(pool) == 1 or not self.config.shuffle:
             rid = pool[0]
+        elif self.next_segment < len(self.segments):
+            # Uniform while segments are left to open: open segments advance at one rate and
+            # end at staggered times, so their positions stay spread and a small (budget-
+            # limited) reservoir still holds many episodes; weighted by frames left, they
+            # would drain together and the next ones would all start together.
+            rid = pool[int(self.rng.integers(len(pool)))]
         else:
-            # Weighted by frames left, so episodes drain together: one integer draw and a walk
+            # The last ones: weighted by frames left, so they drain together: one draw and a walk
             # (rng.choice with p= costs tens of microseconds per sample).
             remaining = [self.cursors[r].remaining for r in pool]
             pick = int(self.rng.integers(sum(remaining)))
