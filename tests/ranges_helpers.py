@@ -106,6 +106,8 @@ def stream_rank(
     num_workers: int = 0,
     **kwargs: Any,
 ) -> dict[str, Any]:
+    # Remote sources read whole episodes (no shuffle pieces): so does the local reference.
+    kwargs.setdefault("shuffle_chunk", 0)
     ds = StreamingLeRobotDataset(
         url,
         storage_options=storage_options or None,

@@ -64,7 +64,8 @@ def mix_chunk(options: Any, meta: Any, window: Any, episodes: Sequence[int]) -> 
     keyframe interval of frames it does not use: long-GOP H.264 gets whole episodes). Remote
     sources keep whole episodes: pieces would spread every episode over every rank, so each
     node would fetch (and, read as byte ranges, open a decoder per piece of) nearly every file,
-    and the keyframe probe itself would fetch a file at construction.
+    and the keyframe probe itself would fetch a file at construction. ``on_error="skip"``
+    keeps them too: a bad episode is then dropped whole, once, not piece by piece.
     """
     if not options.shuffle:
         return 0
@@ -72,7 +73,7 @@ def mix_chunk(options: Any, meta: Any, window: Any, episodes: Sequence[int]) -> 
         return int(options.shuffle_chunk)
     if not meta.video_keys or not len(episodes):
         return MIN_CHUNK
-    if not meta.source.is_local:
+    if not meta.source.is_local or options.on_error == "skip":
         return 0
     gop = keyframe_interval(meta, int(episodes[0]))
     return MIN_CHUNK * max(1, camera_span(meta, window), gop // 2) if gop else 0
