@@ -158,6 +158,7 @@ def meta(small_root):
 
 
 def make(meta, **kw) -> StreamingLeRobotDataset:
+    kw.setdefault("shuffle_pieces", True)  # opt-in
     return StreamingLeRobotDataset(meta.source.url, meta=meta, return_uint8=True, seed=7, **kw)
 
 
@@ -289,7 +290,7 @@ def test_long_keyframe_intervals_keep_episodes_whole(tmp_path):
         tmp_path / "ds", num_episodes=2, min_length=40, max_length=40, height=48, width=80,
         codec="h264", gop=40, num_cameras=1, seed=0,
     )  # fmt: skip
-    ds = StreamingLeRobotDataset(str(root), return_uint8=True)
+    ds = StreamingLeRobotDataset(str(root), return_uint8=True, shuffle_pieces=True)
     # a piece starts with a seek decoding up to 40 unused frames: pieces of 16 x 20 frames
     assert ds.mix_chunk() == 320
     # whole episodes, streamed as before pieces: no lead-in cut (a seek too), 8 open

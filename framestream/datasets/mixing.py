@@ -69,6 +69,8 @@ def mix_chunk(options: Any, meta: Any, window: Any, episodes: Sequence[int]) -> 
     """
     if not options.shuffle:
         return 0
+    if options.shuffle_chunk is None and not options.shuffle_pieces:
+        return 0
     if options.shuffle_chunk is not None:
         return int(options.shuffle_chunk)
     if not meta.video_keys or not len(episodes):

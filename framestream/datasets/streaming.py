@@ -340,7 +340,7 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
         # A persistent worker builds its next pass's stream once this one drains (every piece
         # opened, at most half a reservoir left, so its frames have mostly been freed): see
         # _prepare_next.
-        ahead = info is not None and _persistent_worker()
+        ahead = info is not None and self._pieces() and _persistent_worker()
         sch = stream.schedule
         total = sum(s.size for s in sch.segments)
         drained = max(total // 2, total - self.options.buffer_size // 2)

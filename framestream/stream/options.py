@@ -76,6 +76,12 @@ class StreamOptions:
     shuffle_warmup: int = _opt(
         64, "references held before the first sample leaves (lower: faster first batch)", minimum=1
     )
+    shuffle_pieces: bool = _opt(
+        False,
+        "cut episodes into shuffled pieces dealt to every worker (batches mix like a global "
+        "shuffle at a small reservoir; see shuffle_chunk): opt-in while mid-epoch resume with "
+        "several workers is not yet exact with pieces",
+    )
     shuffle_chunk: int | None = _opt(
         None,
         "frames per shuffled piece of an episode: pieces of every episode are dealt to every "
