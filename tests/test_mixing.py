@@ -273,14 +273,14 @@ def test_defaults_follow_the_camera_window(meta):
 
 
 def test_only_persistent_workers_prepare_the_next_pass():
-    from framestream.datasets.streaming import _persistent_worker
+    from framestream.datasets.loader_frames import persistent_worker
 
     def _worker_loop(persistent_workers: bool) -> bool:  # torch's worker loop, by its name
-        return _persistent_worker()
+        return persistent_worker()
 
     assert _worker_loop(True) is True
     assert _worker_loop(False) is False
-    assert _persistent_worker() is False  # not in a DataLoader worker
+    assert persistent_worker() is False  # not in a DataLoader worker
 
 
 def test_long_keyframe_intervals_keep_episodes_whole(tmp_path):
