@@ -164,8 +164,17 @@ def test_persistent_workers_close_an_abandoned_epoch(root):
     n = sum(len(b["index"]) for b in loader)  # a new iterator resumes the same workers
     assert n == ds.num_samples(num_workers=2)
     assert worker_pids(loader._iterator) == pids
-    # Whole episodes (the default) prepare no next pass: nothing stays open between epochs.
-    assert [open_files(pid, root) for pid in pids] == [[], []]
+    # A persistent worker prepares its next pass (epoch 2) while this one drains: only the
+    # table and mp4 files of that pass's first pieces stay open (the abandoned epoch's would
+    # come on top).
+    meta = ds.meta
+    for w, pid in enumerate(pids):
+        first = ds.plan(worker=w, num_workers=2, epoch=2).segments[: ds.options.active_shards]
+        allowed = {str(root / meta.data_file(s.episode)) for s in first} | {
+            str(root / meta.video_file(s.episode, k)) for s in first for k in meta.video_keys
+        }
+        held = open_files(pid, root)
+        assert held and set(held) <= allowed, (w, held, allowed)
     del it, loader
     gc.collect()
 
