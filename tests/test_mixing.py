@@ -158,7 +158,6 @@ def meta(small_root):
 
 
 def make(meta, **kw) -> StreamingLeRobotDataset:
-    kw.setdefault("shuffle_pieces", True)  # opt-in
     return StreamingLeRobotDataset(meta.source.url, meta=meta, return_uint8=True, seed=7, **kw)
 
 
@@ -269,6 +268,8 @@ def test_defaults_follow_the_camera_window(meta):
     # fewer open pieces, each holding its window
     assert (long.mix_chunk(), long.options.active_shards) == (2400, 8)
     assert make(meta, shuffle=False).mix_chunk() == 0
+    off = make(meta, shuffle_pieces=False)  # whole episodes, 8 open
+    assert (off.mix_chunk(), off.options.active_shards) == (0, 8)
     assert make(meta, active_shards=5).options.active_shards == 5
 
 
@@ -290,7 +291,7 @@ def test_long_keyframe_intervals_keep_episodes_whole(tmp_path):
         tmp_path / "ds", num_episodes=2, min_length=40, max_length=40, height=48, width=80,
         codec="h264", gop=40, num_cameras=1, seed=0,
     )  # fmt: skip
-    ds = StreamingLeRobotDataset(str(root), return_uint8=True, shuffle_pieces=True)
+    ds = StreamingLeRobotDataset(str(root), return_uint8=True)
     # a piece starts with a seek decoding up to 40 unused frames: pieces of 16 x 20 frames
     assert ds.mix_chunk() == 320
     # whole episodes, streamed as before pieces: no lead-in cut (a seek too), 8 open
