@@ -240,3 +240,18 @@ def test_state_saved_after_a_drop_last_epoch_leaves_the_next_epoch_whole(meta):
     dl2 = loader(second)
     dl2.load_state_dict(state)
     assert epoch(second, dl2, 1) == want
+
+
+def test_loader_batch_is_read_from_the_fetch_asking_for_it():
+    from types import SimpleNamespace
+
+    from framestream.datasets.loader_frames import loader_batch
+
+    def fetch(self, possibly_batched_index):  # torch's fetcher method, by its names
+        return loader_batch()
+
+    batched = SimpleNamespace(auto_collation=True, drop_last=True)
+    assert fetch(batched, [0, 1, 2]) == (3, True)
+    assert fetch(SimpleNamespace(auto_collation=True, drop_last=False), [0]) == (1, False)
+    assert fetch(SimpleNamespace(auto_collation=False, drop_last=True), 0) is None
+    assert loader_batch() is None  # not under a DataLoader fetch
