@@ -165,8 +165,10 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
         self.window = WindowSpec.from_delta_timestamps(
             delta_timestamps, meta=self.meta, tolerance_s=self.options.tolerance_s
         )
+        # Sized here, once: DataLoader workers inherit it instead of each probing the mp4s.
+        pieces = self._pieces()
         if self.options.active_shards is None:
-            active = auto_active(camera_span(self.meta, self.window), self._pieces())
+            active = auto_active(camera_span(self.meta, self.window), pieces)
             self.options = dataclasses.replace(self.options, active_shards=active)
         self.delta_timestamps = delta_timestamps
         self.image_transforms = image_transforms
