@@ -10,7 +10,7 @@ dataset object, so the same engine serves every process and every resume path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,11 @@ from framestream.format.meta import DatasetMeta
 from framestream.format.tables import TableReader
 from framestream.stream import ledger as _ledger
 from framestream.stream.ledger import MemoryModel
-from framestream.stream.options import StreamOptions
+from framestream.stream.options import (
+    AUTO_MAX_MEMORY_BUDGET,
+    DEFAULT_MEMORY_BUDGET,
+    StreamOptions,
+)
 from framestream.stream.prefetch import StreamIO
 from framestream.stream.reader import Counters, SegmentReader
 from framestream.stream.sample import WindowSpec
@@ -95,7 +99,7 @@ def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) 
         for k in keys
     )
     decoders = min(options.decoder_cache_size(len(keys)), max(1, files)) * decoder_bytes
-    budget = options.memory_budget
+    budget = resolve_budget(options, window, keys, frame_bytes, decoders)
     known = budget is not None and all(s is not None for s in shapes)  # else: account only
     fixed = decoders + (_ledger.batch_share(budget) if budget is not None else 0)
     return MemoryModel(
@@ -108,6 +112,33 @@ def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) 
         fixed_bytes=fixed,
         budget=budget,
     )
+
+
+def resolve_budget(
+    options: StreamOptions,
+    window: WindowSpec,
+    keys: Sequence[str],
+    frame_bytes: Sequence[int],
+    decoders: int,
+) -> int | None:
+    """The budget in bytes: the option, or for ``"auto"`` 80 MB raised to fit what decode-once
+    needs for mixing with long windows.
+
+    Why: an open episode keeps its camera window's span decoded (a window over the last 5 s
+    at 30 fps holds ~150 frames per camera), so 80 MB would leave one episode open and every
+    batch would come from it. ``"auto"`` makes room for ``active_shards`` such spans, the
+    open decoders and the batch share, capped at ``AUTO_MAX_MEMORY_BUDGET``; single-frame
+    samples (no span) keep 80 MB.
+    """
+    budget = options.memory_budget
+    if budget != "auto":
+        return budget
+    span_bytes = sum(
+        int(np.ptp(window.frame_offsets(k))) * b for k, b in zip(keys, frame_bytes, strict=True)
+    )
+    frames = (options.active_shards or 8) * span_bytes
+    wanted = int((decoders + frames) / (1 - _ledger.BATCH_SHARE))
+    return int(np.clip(wanted, DEFAULT_MEMORY_BUDGET, AUTO_MAX_MEMORY_BUDGET))
 
 
 def schedule_config(
