@@ -73,9 +73,11 @@ class ReadSpec:
     image_transforms: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-# An open decoder's own memory, in frames of its I420 size (measured: ~3-5 MB per torchcodec
-# AV1 decoder of 240x320, whose frames are 115 kB).
-DECODER_FRAMES = 32
+# An open decoder's own memory: a fixed part plus frames of its I420 size (torchcodec, one
+# thread, RSS per extra open decoder: AV1 1.2 MB at 240x320 and 5.1 MB at 480x640, H.264
+# 2.6 MB and 4.9 MB; 1.5 MB + 8 frames covers each within 10 %, over rather than under).
+DECODER_FIXED_BYTES = 3 << 19
+DECODER_FRAMES = 8
 DECODE_CHUNK = 16  # the most frames a reader decodes at once beyond what a sample needs
 
 
@@ -93,7 +95,7 @@ def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) 
             frame_bytes.append(h * w * 3 // 2)
         else:
             frame_bytes.append(h * w * 3)  # uint8, whatever the output dtype
-        decoder_bytes = max(decoder_bytes, DECODER_FRAMES * h * w * 3 // 2)
+        decoder_bytes = max(decoder_bytes, DECODER_FIXED_BYTES + DECODER_FRAMES * h * w * 3 // 2)
     files = sum(
         len(np.unique(meta.episodes.videos[k].chunk * (1 << 32) + meta.episodes.videos[k].file))
         for k in keys
