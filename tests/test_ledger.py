@@ -25,7 +25,7 @@ from framestream.stream.options import (
 )
 from framestream.stream.plan import Segment
 from framestream.stream.schedule import Schedule, ScheduleConfig
-from framestream.stream.worker import memory_model
+from framestream.stream.worker import AUTO_MIN_FRAMES_BYTES, memory_model, resolve_budget
 from framestream.testing import decode_frame_id
 
 LENGTHS = {0: 40, 1: 25, 2: 30, 3: 18, 4: 33}
@@ -337,13 +337,17 @@ def test_auto_budget_makes_room_for_the_open_episodes_windows(meta):
     base = memory_model(ds.meta, ds.window, StreamOptions.build(ds.options, memory_budget=None))
     spans = [int(np.ptp(ds.window.frame_offsets(k))) for k in meta.video_keys]
     span_bytes = sum(s * b for s, b in zip(spans, base.frame_bytes, strict=True))
-    want = int((base.fixed_bytes + 4 * span_bytes) / (5 / 8))
+    want = int((base.fixed_bytes + max(AUTO_MIN_FRAMES_BYTES, 4 * span_bytes)) / (5 / 8))
     assert budget == max(want, DEFAULT_MEMORY_BUDGET)
     # more open episodes, more room; an explicit budget is kept as given
     assert _auto(meta, 1.0, active_shards=8)[1] >= budget
     assert _auto(meta, 1.0, memory_budget="64MB")[1] == 64 << 20
     # and it never passes the cap
     assert _auto(meta, 30.0, active_shards=64)[1] == AUTO_MAX_MEMORY_BUDGET
+    # many video files: the decoders they keep open alone would fill 80 MB
+    keys, frame_bytes = meta.video_keys, base.frame_bytes
+    many = resolve_budget(ds.options, single.window, keys, frame_bytes, 200 << 20)
+    assert many * 5 // 8 - (200 << 20) >= AUTO_MIN_FRAMES_BYTES - 1
 
 
 def test_auto_budget_keeps_long_windows_mixed(meta):

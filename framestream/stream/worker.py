@@ -78,6 +78,8 @@ class ReadSpec:
 # 2.6 MB and 4.9 MB; 1.5 MB + 8 frames covers each within 10 %, over rather than under).
 DECODER_FIXED_BYTES = 3 << 19
 DECODER_FRAMES = 8
+# "auto": frames at least this (the frames share 80 MB leaves on the benchmark dataset)
+AUTO_MIN_FRAMES_BYTES = 25 << 20
 DECODE_CHUNK = 16  # the most frames a reader decodes at once beyond what a sample needs
 
 
@@ -128,9 +130,11 @@ def resolve_budget(
 
     Why: an open episode keeps its camera window's span decoded (a window over the last 5 s
     at 30 fps holds ~150 frames per camera), so 80 MB would leave one episode open and every
-    batch would come from it. ``"auto"`` makes room for ``active_shards`` such spans, the
-    open decoders and the batch share, capped at ``AUTO_MAX_MEMORY_BUDGET``; single-frame
-    samples (no span) keep 80 MB.
+    batch would come from it. And a dataset of many video files keeps up to the decoder
+    cache's capacity of decoders open, which alone can fill 80 MB and leave no room for a
+    shuffle reservoir. ``"auto"`` makes room for the open decoders, ``active_shards`` window
+    spans (at least ``AUTO_MIN_FRAMES_BYTES`` of frames) and the batch share, capped at
+    ``AUTO_MAX_MEMORY_BUDGET``; single-frame samples from a few files keep 80 MB.
     """
     budget = options.memory_budget
     if budget != "auto":
@@ -138,7 +142,7 @@ def resolve_budget(
     span_bytes = sum(
         int(np.ptp(window.frame_offsets(k))) * b for k, b in zip(keys, frame_bytes, strict=True)
     )
-    frames = (options.active_shards or 8) * span_bytes
+    frames = max(AUTO_MIN_FRAMES_BYTES, (options.active_shards or 8) * span_bytes)
     wanted = int((decoders + frames) / (1 - _ledger.BATCH_SHARE))
     return int(np.clip(wanted, DEFAULT_MEMORY_BUDGET, AUTO_MAX_MEMORY_BUDGET))
 
