@@ -36,7 +36,7 @@ OFFSETS = ((-4, -2, 0), (0, 2))  # camera 0 looks back, camera 1 ahead
 FRAME_BYTES = (1000, 300)
 
 
-def model(frames_budget: int | None, capped: bool = True) -> MemoryModel:
+def model(frames_budget: int | None, capped: bool = True, align: int = 1) -> MemoryModel:
     return MemoryModel(
         offsets=OFFSETS,
         frame_bytes=FRAME_BYTES,
@@ -44,18 +44,24 @@ def model(frames_budget: int | None, capped: bool = True) -> MemoryModel:
         decode_chunk=3,
         chunk_within_produced=capped,
         frames_budget=frames_budget,
+        decode_align=align,
     )
 
 
 def config(
-    frames_budget: int | None, *, buffer: int = 10_000, memory: bool = True, capped: bool = True
+    frames_budget: int | None,
+    *,
+    buffer: int = 10_000,
+    memory: bool = True,
+    capped: bool = True,
+    align: int = 1,
 ):
     return ScheduleConfig(
         shuffle=True,
         active_shards=3,
         buffer_size=buffer,
         shuffle_warmup=buffer,
-        memory=model(frames_budget, capped) if memory else None,
+        memory=model(frames_budget, capped, align) if memory else None,
     )
 
 
@@ -110,10 +116,10 @@ def drain(s: Schedule, recount: Recount | None = None, budget: int | None = None
     return out
 
 
-@pytest.mark.parametrize("capped", [True, False])
-def test_budget_bounds_what_is_held_and_shrinks_the_reservoir(capped):
+@pytest.mark.parametrize(("capped", "align"), [(True, 1), (False, 1), (True, 2), (True, 3)])
+def test_budget_bounds_what_is_held_and_shrinks_the_reservoir(capped, align):
     budget = 24_000  # ~15 frames of camera 0 beside its partners; the reservoir wants 10000
-    s = Schedule(SEGMENTS, config(budget, capped=capped), [1, 2])
+    s = Schedule(SEGMENTS, config(budget, capped=capped, align=align), [1, 2])
     got = drain(s, Recount(), budget)
     want = [(g.episode, f) for g in SEGMENTS for f in range(g.start, g.stop)]
     assert Counter(got) == Counter(want) and len(got) == TOTAL
@@ -140,16 +146,16 @@ def test_a_budget_below_one_window_still_progresses():
     assert s.reservoir_limited_min == 1
 
 
-@pytest.mark.parametrize("budget", [9_000, 24_000])
-def test_save_load_replays_the_budget_exactly(budget):
+@pytest.mark.parametrize(("budget", "align"), [(9_000, 1), (24_000, 1), (24_000, 2)])
+def test_save_load_replays_the_budget_exactly(budget, align):
     def restore(state):
-        s = Schedule(SEGMENTS, config(budget), [5])
+        s = Schedule(SEGMENTS, config(budget, align=align), [5])
         s.load_state_dict(state)
         return s
 
     check_save_load(
         Resumable(
-            lambda: Schedule(SEGMENTS, config(budget), [5]),
+            lambda: Schedule(SEGMENTS, config(budget, align=align), [5]),
             _take,
             lambda s: s.state_dict(),
             restore,
@@ -207,6 +213,32 @@ def test_ledger_is_only_counts():
     assert [d.tolist() for d in led.emit(0, 0).decode] == [[0], [0, 1, 2]]
     led.produced(0, 1)
     assert led.committed == led.held + 1 * 1000 + 1 * 300  # frames 1 and 3
+
+
+@pytest.mark.parametrize("align", [2, 3])
+def test_aligned_decoding_leaves_a_keyframe_next(align):
+    """With decode_align, every decode call after a segment's first starts on a multiple of
+    the keyframe spacing (where a shared decoder's seek wastes nothing), and no frame is
+    decoded twice or never."""
+    s = Schedule(SEGMENTS, config(24_000, align=align), [6])
+    starts: dict[tuple[int, int], list[int]] = {}
+    decoded: Counter = Counter()
+    while (ref := s.next_ref()) is not None:
+        seg = s.segment(ref[0])
+        for cam, todo in enumerate(s.ledger.segments[ref[0]].step.decode):
+            if len(todo):
+                starts.setdefault((ref[0], cam), []).append(int(todo[0]))
+                decoded.update((seg.episode, cam, int(f)) for f in todo)
+        s.done(ref[0])
+    later = [f for calls in starts.values() for f in calls[1:]]
+    assert later and all(f % align == 0 for f in later)
+    assert max(decoded.values()) == 1
+    plain = Schedule(SEGMENTS, config(24_000), [6])
+    calls = 0
+    while (ref := plain.next_ref()) is not None:
+        calls += sum(1 for t in plain.ledger.segments[ref[0]].step.decode if len(t))
+        plain.done(ref[0])
+    assert sum(len(c) for c in starts.values()) < calls  # and fewer, longer calls
 
 
 # ---------------------------------------------------------------------- on real video
