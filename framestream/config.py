@@ -109,7 +109,7 @@ class _ConfigMethods:
             if value is None and f.default_factory is not dataclasses.MISSING:
                 value = f.default_factory()
             low = f.metadata.get("minimum")
-            if low is not None and value is not None and value < low:
+            if low is not None and isinstance(value, int | float) and value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
             setattr(self, f.name, value)
         try:

@@ -18,10 +18,14 @@ from resume_harness import Resumable, check_save_load
 from framestream import StreamingLeRobotDataset
 from framestream.format.meta import DatasetMeta
 from framestream.stream.ledger import Ledger, MemoryModel, SegmentLedger
-from framestream.stream.options import StreamOptions
+from framestream.stream.options import (
+    AUTO_MAX_MEMORY_BUDGET,
+    DEFAULT_MEMORY_BUDGET,
+    StreamOptions,
+)
 from framestream.stream.plan import Segment
 from framestream.stream.schedule import Schedule, ScheduleConfig
-from framestream.stream.worker import memory_model
+from framestream.stream.worker import AUTO_MIN_FRAMES_BYTES, memory_model, resolve_budget
 from framestream.testing import decode_frame_id
 
 LENGTHS = {0: 40, 1: 25, 2: 30, 3: 18, 4: 33}
@@ -32,7 +36,7 @@ OFFSETS = ((-4, -2, 0), (0, 2))  # camera 0 looks back, camera 1 ahead
 FRAME_BYTES = (1000, 300)
 
 
-def model(frames_budget: int | None, capped: bool = True) -> MemoryModel:
+def model(frames_budget: int | None, capped: bool = True, align: int = 1) -> MemoryModel:
     return MemoryModel(
         offsets=OFFSETS,
         frame_bytes=FRAME_BYTES,
@@ -40,18 +44,24 @@ def model(frames_budget: int | None, capped: bool = True) -> MemoryModel:
         decode_chunk=3,
         chunk_within_produced=capped,
         frames_budget=frames_budget,
+        decode_align=align,
     )
 
 
 def config(
-    frames_budget: int | None, *, buffer: int = 10_000, memory: bool = True, capped: bool = True
+    frames_budget: int | None,
+    *,
+    buffer: int = 10_000,
+    memory: bool = True,
+    capped: bool = True,
+    align: int = 1,
 ):
     return ScheduleConfig(
         shuffle=True,
         active_shards=3,
         buffer_size=buffer,
         shuffle_warmup=buffer,
-        memory=model(frames_budget, capped) if memory else None,
+        memory=model(frames_budget, capped, align) if memory else None,
     )
 
 
@@ -106,10 +116,10 @@ def drain(s: Schedule, recount: Recount | None = None, budget: int | None = None
     return out
 
 
-@pytest.mark.parametrize("capped", [True, False])
-def test_budget_bounds_what_is_held_and_shrinks_the_reservoir(capped):
+@pytest.mark.parametrize(("capped", "align"), [(True, 1), (False, 1), (True, 2), (True, 3)])
+def test_budget_bounds_what_is_held_and_shrinks_the_reservoir(capped, align):
     budget = 24_000  # ~15 frames of camera 0 beside its partners; the reservoir wants 10000
-    s = Schedule(SEGMENTS, config(budget, capped=capped), [1, 2])
+    s = Schedule(SEGMENTS, config(budget, capped=capped, align=align), [1, 2])
     got = drain(s, Recount(), budget)
     want = [(g.episode, f) for g in SEGMENTS for f in range(g.start, g.stop)]
     assert Counter(got) == Counter(want) and len(got) == TOTAL
@@ -136,16 +146,16 @@ def test_a_budget_below_one_window_still_progresses():
     assert s.reservoir_limited_min == 1
 
 
-@pytest.mark.parametrize("budget", [9_000, 24_000])
-def test_save_load_replays_the_budget_exactly(budget):
+@pytest.mark.parametrize(("budget", "align"), [(9_000, 1), (24_000, 1), (24_000, 2)])
+def test_save_load_replays_the_budget_exactly(budget, align):
     def restore(state):
-        s = Schedule(SEGMENTS, config(budget), [5])
+        s = Schedule(SEGMENTS, config(budget, align=align), [5])
         s.load_state_dict(state)
         return s
 
     check_save_load(
         Resumable(
-            lambda: Schedule(SEGMENTS, config(budget), [5]),
+            lambda: Schedule(SEGMENTS, config(budget, align=align), [5]),
             _take,
             lambda s: s.state_dict(),
             restore,
@@ -205,6 +215,32 @@ def test_ledger_is_only_counts():
     assert led.committed == led.held + 1 * 1000 + 1 * 300  # frames 1 and 3
 
 
+@pytest.mark.parametrize("align", [2, 3])
+def test_aligned_decoding_leaves_a_keyframe_next(align):
+    """With decode_align, every decode call after a segment's first starts on a multiple of
+    the keyframe spacing (where a shared decoder's seek wastes nothing), and no frame is
+    decoded twice or never."""
+    s = Schedule(SEGMENTS, config(24_000, align=align), [6])
+    starts: dict[tuple[int, int], list[int]] = {}
+    decoded: Counter = Counter()
+    while (ref := s.next_ref()) is not None:
+        seg = s.segment(ref[0])
+        for cam, todo in enumerate(s.ledger.segments[ref[0]].step.decode):
+            if len(todo):
+                starts.setdefault((ref[0], cam), []).append(int(todo[0]))
+                decoded.update((seg.episode, cam, int(f)) for f in todo)
+        s.done(ref[0])
+    later = [f for calls in starts.values() for f in calls[1:]]
+    assert later and all(f % align == 0 for f in later)
+    assert max(decoded.values()) == 1
+    plain = Schedule(SEGMENTS, config(24_000), [6])
+    calls = 0
+    while (ref := plain.next_ref()) is not None:
+        calls += sum(1 for t in plain.ledger.segments[ref[0]].step.decode if len(t))
+        plain.done(ref[0])
+    assert sum(len(c) for c in starts.values()) < calls  # and fewer, longer calls
+
+
 # ---------------------------------------------------------------------- on real video
 WINDOW = {"observation.images.cam0": [-0.1, -1 / 30, 0.0], "observation.images.cam1": [0.0]}
 
@@ -233,7 +269,7 @@ def budget_for(meta, frames: int) -> int:
     ds = make(meta, None)
     base = memory_model(ds.meta, ds.window, ds.options)
     need = frames * sum(base.frame_bytes) + base.fixed_bytes  # decoders only, without budget
-    return max(StreamOptions().memory_budget // 64, need * 4 // 3 + 1)
+    return max(DEFAULT_MEMORY_BUDGET // 64, need * 4 // 3 + 1)
 
 
 def identify(sample) -> tuple[int, int]:
@@ -312,3 +348,52 @@ def test_exact_resume_in_dataloader_workers_with_the_budget_limiting(meta):
     state = json.loads(json.dumps(first.state_dict()))
     rest = ids(loader(state))
     assert head + rest == want and len(want) == meta.total_frames
+
+
+def _auto(meta, seconds: float, **kw) -> tuple[StreamingLeRobotDataset, int]:
+    """A dataset whose cameras look ``seconds`` back, and its resolved "auto" budget."""
+    fps = meta.fps
+    back = [-seconds + i / fps for i in range(0, int(seconds * fps) + 1, 10)] + [0.0]
+    window = {k: sorted(set(back)) for k in meta.video_keys}
+    ds = StreamingLeRobotDataset(
+        meta.source.url, meta=meta, delta_timestamps=window, return_uint8=True, **kw
+    )
+    return ds, memory_model(ds.meta, ds.window, ds.options).budget
+
+
+def test_auto_budget_makes_room_for_the_open_episodes_windows(meta):
+    single = StreamingLeRobotDataset(meta.source.url, meta=meta, return_uint8=True)
+    assert single.options.memory_budget == "auto"
+    assert memory_model(single.meta, single.window, single.options).budget == DEFAULT_MEMORY_BUDGET
+    ds, budget = _auto(meta, 1.0, active_shards=4)
+    base = memory_model(ds.meta, ds.window, StreamOptions.build(ds.options, memory_budget=None))
+    spans = [int(np.ptp(ds.window.frame_offsets(k))) for k in meta.video_keys]
+    span_bytes = sum(s * b for s, b in zip(spans, base.frame_bytes, strict=True))
+    want = int((base.fixed_bytes + max(AUTO_MIN_FRAMES_BYTES, 4 * span_bytes)) / (5 / 8))
+    assert budget == max(want, DEFAULT_MEMORY_BUDGET)
+    # more open episodes, more room; an explicit budget is kept as given
+    assert _auto(meta, 1.0, active_shards=8)[1] >= budget
+    assert _auto(meta, 1.0, memory_budget="64MB")[1] == 64 << 20
+    # and it never passes the cap
+    assert _auto(meta, 30.0, active_shards=64)[1] == AUTO_MAX_MEMORY_BUDGET
+    # many video files: the decoders they keep open alone would fill 80 MB
+    keys, frame_bytes = meta.video_keys, base.frame_bytes
+    many = resolve_budget(ds.options, single.window, keys, frame_bytes, 200 << 20)
+    assert many * 5 // 8 - (200 << 20) >= AUTO_MIN_FRAMES_BYTES - 1
+
+
+def test_auto_budget_keeps_long_windows_mixed(meta):
+    """A fixed 80 MB-like budget that fits one open window leaves one episode open at a
+    time; "auto" keeps ``active_shards`` open, so the first samples span several."""
+    ds, budget = _auto(meta, 1.0, active_shards=4, seed=3)
+    model = memory_model(ds.meta, ds.window, ds.options)
+    one = budget_for(meta, int(np.ptp(ds.window.frame_offsets(meta.video_keys[0]))) + 8)
+    tight, _ = _auto(meta, 1.0, active_shards=4, seed=3, memory_budget=one)
+    assert model.frames_budget > memory_model(tight.meta, tight.window, tight.options).frames_budget
+
+    def episodes(d, n=40):
+        it = iter(d)
+        return len({int(next(it)["episode_index"]) for _ in range(n)})
+
+    assert episodes(ds) > episodes(tight) >= 1
+    assert ds.stats()["memory_budget_bytes"] == budget

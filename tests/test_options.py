@@ -38,6 +38,15 @@ def test_strings_from_config_files_are_converted():
     assert (o.shuffle, o.buffer_size, o.video_decoder_cache_size) == (False, 12, None)
 
 
+def test_memory_budget_takes_sizes_auto_and_none():
+    assert StreamOptions().memory_budget == "auto"
+    for text, want in (("AUTO", "auto"), ("512MB", 512 << 20), ("none", None), (1 << 21, 1 << 21)):
+        assert StreamOptions(memory_budget=text).memory_budget == want
+    for bad in ("lots", 5, -1):
+        with pytest.raises(ValueError, match="memory_budget"):
+            StreamOptions(memory_budget=bad)
+
+
 def test_build_refuses_unknown_names():
     with pytest.raises(TypeError, match="buffer_sise"):
         StreamOptions.build(buffer_sise=3)

@@ -248,3 +248,18 @@ def test_decoder_cache_counters_and_stats_across_workers(small_root):
 def test_num_workers_zero_is_not_an_empty_stream(small_root):
     ds = StreamingLeRobotDataset(str(small_root), return_uint8=True, buffer_size=1)
     assert sum(1 for _ in DataLoader(ds, batch_size=8, num_workers=0)) > 0
+
+
+def test_construction_loads_the_video_backend_for_forked_workers(small_root):
+    """Workers forked from the training process inherit torchcodec instead of importing it
+    (seconds of CPU) at every pass: the dataset loads it when it is built."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from framestream import StreamingLeRobotDataset as D; "
+        "assert 'torchcodec.decoders' not in sys.modules; "
+        f"D({str(small_root)!r}); print('torchcodec.decoders' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

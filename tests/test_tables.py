@@ -48,6 +48,22 @@ def test_reads_an_episodes_rows_in_frame_order(small_root):
         reader.close()
 
 
+def test_recent_episodes_are_kept_not_read_again(small_root, monkeypatch):
+    """Shuffle pieces open an episode once per piece: its rows are read once, while kept."""
+    meta = DatasetMeta(str(small_root))
+    reader = TableReader(meta, keep=2)
+    reads = []
+    real = reader._read
+    monkeypatch.setattr(reader, "_read", lambda e: reads.append(e) or real(e))
+    first = reader.read(0)
+    assert reader.read(0) is first and reads == [0]
+    reader.read(1)
+    reader.read(2)  # 0 is the oldest of three: dropped
+    assert reader.read(0) is not first and reads == [0, 1, 2, 0]
+    assert np.array_equal(reader.read(0).columns["index"], first.columns["index"])
+    reader.close()
+
+
 def test_rows_stored_out_of_order_come_back_in_order(small_root, tmp_path):
     root = copy_dataset(small_root, tmp_path / "ds")
     meta = DatasetMeta(str(root))

@@ -39,7 +39,7 @@ class BenchConfig:
     epochs: int = 1
     buffer_size: int = StreamOptions.buffer_size  # the library's defaults
     active_shards: int | None = StreamOptions.active_shards
-    memory_budget: int | None = StreamOptions.memory_budget
+    memory_budget: int | str | None = StreamOptions.memory_budget  # bytes, 'auto' or None
     shuffle_chunk: int | None = StreamOptions.shuffle_chunk
     float: bool = False
     channels_last: bool = False
@@ -101,6 +101,14 @@ class BenchConfig:
         modes = modes if isinstance(modes, list) else [modes]
         workers = workers if isinstance(workers, list) else [workers]
         return [cls(mode=m, num_workers=int(w), **kwargs) for m in modes for w in workers]
+
+
+def _budget(text: str) -> int | str | None:
+    """``--memory-budget``: a size, ``auto`` or ``none``."""
+    word = text.strip().lower()
+    if word in ("none", "auto"):
+        return None if word == "none" else "auto"
+    return parse_size(text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -172,10 +180,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--active-shards", type=int, default=StreamOptions.active_shards)
     p.add_argument(
         "--memory-budget",
-        type=lambda v: None if v.lower() == "none" else parse_size(v),
+        type=_budget,
         default=StreamOptions.memory_budget,
         help="bytes per worker for decoded frames, decoders and batch slots, e.g. 512MB; "
-        "none: unbounded (default: the library's)",
+        "auto: the library's rule (80 MB, more for long windows); none: unbounded "
+        "(default: auto)",
     )
     p.add_argument(
         "--shuffle-chunk",

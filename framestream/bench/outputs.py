@@ -213,6 +213,7 @@ def format_summary(r: Mapping[str, Any]) -> str:
             "peak RSS main / worker max",
             f"{_fmt(r['peak_rss_mb_main'], ' MB')} / {_fmt(r['peak_rss_mb_worker_max'], ' MB')}",
         ),
+        ("memory budget", _budget_line(r)),
         (
             "decoder cache",
             f"{r['decoder_cache_hits']} hits, {r['decoder_cache_misses']} misses, "
@@ -338,3 +339,12 @@ def _remote_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def _budget_line(r: dict[str, Any]) -> str:
+    """The budget option and what it came to per worker."""
+    option, nbytes = r.get("memory_budget"), r.get("memory_budget_bytes") or 0
+    if option is None:
+        return "none (unbounded)"
+    size = f"{nbytes / 2**20:,.0f} MB per worker"
+    return f"auto: {size}" if option == "auto" else size

@@ -354,7 +354,9 @@ def _run_one(
         "collate": cfg.collate,
         "buffer_size": ds.options.buffer_size,
         "active_shards": ds.options.active_shards,
-        "memory_budget": ds.options.memory_budget,
+        "memory_budget": ds.options.memory_budget,  # the option ('auto', bytes or None)
+        # what it came to per worker (0: no limit)
+        "memory_budget_bytes": int(stats1.get("memory_budget_bytes", 0)) // max(1, cfg.num_workers),
         "shuffle_chunk": ds.mix_chunk() if hasattr(ds, "mix_chunk") else None,
         "seed": cfg.seed,
         "torch_threads": torch.get_num_threads(),

@@ -29,6 +29,7 @@ from framestream.datasets.loader_frames import loader_batch, persistent_worker
 from framestream.datasets.mixing import auto_active, camera_span, mix_chunk
 from framestream.datasets.resumable import Resumable
 from framestream.decode.buffers import per_process
+from framestream.decode.video import resolve_backend
 from framestream.format.meta import DatasetMeta
 from framestream.format.selection import select_episodes
 from framestream.io.source import RemoteOptions, Source
@@ -165,6 +166,10 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
         self.window = WindowSpec.from_delta_timestamps(
             delta_timestamps, meta=self.meta, tolerance_s=self.options.tolerance_s
         )
+        if self.meta.video_keys:
+            # Load the video backend here, once: DataLoader workers forked from this process
+            # inherit it instead of each importing torchcodec (~2.4 s of CPU) at every pass.
+            resolve_backend(self.options.video_backend)
         # Sized here, once: DataLoader workers inherit it instead of each probing the mp4s.
         pieces = self._pieces()
         if self.options.active_shards is None:

@@ -43,8 +43,14 @@ def _column_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> Any:
     t = arr.type
     if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
         inner = t.value_type
-        if not (pa.types.is_integer(inner) or pa.types.is_floating(inner)
-                or pa.types.is_boolean(inner)) or arr.null_count:
+        if (
+            not (
+                pa.types.is_integer(inner)
+                or pa.types.is_floating(inner)
+                or pa.types.is_boolean(inner)
+            )
+            or arr.null_count
+        ):
             return arr.to_pylist()  # rows of records (LeRobot's language columns), or nulls
         values = arr.flatten().to_numpy(zero_copy_only=False)
         return values.reshape(n, -1) if n else values.reshape(0, 0)
@@ -53,12 +59,42 @@ def _column_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> Any:
     return arr.to_numpy(zero_copy_only=False)
 
 
-class TableReader:
-    """Reads episodes' rows; holds at most ``capacity`` open parquet files."""
+KEEP_BYTES = 16 << 20  # rows of recently read episodes a TableReader keeps
 
-    def __init__(self, meta: DatasetMeta, *, capacity: int = 4, tolerance_s: float = 1e-4) -> None:
+
+def _nbytes(data: EpisodeData) -> int:
+    """About what an episode's rows occupy (arrays, and bytes or strings in lists)."""
+    total = 0
+    for col in data.columns.values():
+        if isinstance(col, np.ndarray):
+            total += col.nbytes
+        else:
+            total += sum(_value_bytes(v) for v in col)
+    return total
+
+
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, bytes | str):
+        return len(value)
+    if isinstance(value, dict):  # an image cell {"bytes": ..., "path": ...}, a record
+        return 64 + sum(_value_bytes(v) for v in value.values())
+    if isinstance(value, list):
+        return 64 + sum(_value_bytes(v) for v in value)
+    return 64
+
+
+class TableReader:
+    """Reads episodes' rows; holds at most ``capacity`` open parquet files and the rows of
+    the last ``keep`` episodes."""
+
+    def __init__(
+        self, meta: DatasetMeta, *, capacity: int = 4, tolerance_s: float = 1e-4, keep: int = 64
+    ) -> None:
         self.meta = meta
         self.capacity = capacity
+        self.keep = keep
+        self._recent: OrderedDict[int, EpisodeData] = OrderedDict()
+        self._recent_bytes = 0
         self.tolerance_s = tolerance_s  # for the timestamp check (the readers' tolerance)
         self._files: OrderedDict[str, tuple[Any, pq.ParquetFile, dict[int, int] | None]] = (
             OrderedDict()
@@ -106,7 +142,26 @@ class TableReader:
         return out
 
     def read(self, episode: int) -> EpisodeData:
-        """All tabular columns of ``episode``, validated against the episode index."""
+        """All tabular columns of ``episode``, validated against the episode index.
+
+        The last ``keep`` episodes read are kept (kilobytes each: no pixels): with shuffle
+        pieces a worker opens each episode once per piece, and re-reading and re-checking its
+        row group every time cost more than a tenth of a single-frame sample.
+        """
+        hit = self._recent.get(episode)
+        if hit is not None:
+            self._recent.move_to_end(episode)
+            return hit
+        data = self._read(episode)
+        size = _nbytes(data)
+        if size <= KEEP_BYTES // 4:  # image bytes in the table: not kept
+            self._recent[episode] = data
+            self._recent_bytes += size
+        while len(self._recent) > self.keep or self._recent_bytes > KEEP_BYTES:
+            self._recent_bytes -= _nbytes(self._recent.popitem(last=False)[1])
+        return data
+
+    def _read(self, episode: int) -> EpisodeData:
         meta = self.meta
         row = meta.episodes.row(episode)
         rel = meta.data_file(episode)

@@ -338,3 +338,11 @@ def episode_ranges(
         return []
     off = index.offset[a:b]
     return coalesce(list(zip(off.tolist(), (off + index.size[a:b]).tolist(), strict=True)), gap)
+
+
+def keyframe_interval(read_at: ReadAt, size: int) -> int:
+    """The longest run of frames from one keyframe to the next in a video file (its length
+    when it has one keyframe): how far a seek may have to decode before its target."""
+    index = index_file(read_at, size)
+    sync = np.flatnonzero(index.is_sync)
+    return int(np.diff(sync).max()) if len(sync) > 1 else len(index)

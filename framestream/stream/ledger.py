@@ -75,6 +75,9 @@ class MemoryModel:
         frames_budget: bytes that held (committed) frames may use; None: no limit.
         fixed_bytes: the budget's other parts (decoders, batches), reported with the frames.
         budget: the whole per-worker budget (reported), or None.
+        decode_align: capped read-ahead also decodes on (fewer than this many frames) until
+            the next frame left is a multiple of it: the video's keyframe spacing, so that
+            the next call on a shared decoder seeks to a keyframe and wastes no decode.
     """
 
     offsets: tuple[tuple[int, ...], ...]
@@ -85,6 +88,7 @@ class MemoryModel:
     frames_budget: int | None = None
     fixed_bytes: int = 0
     budget: int | None = None
+    decode_align: int = 1
 
 
 class _Camera:
@@ -151,6 +155,7 @@ class SegmentLedger:
     ) -> None:
         self.chunk = model.decode_chunk
         self.capped = model.chunk_within_produced
+        self.align = model.decode_align if self.capped else 1
         self.length = int(model.length(episode))
         self.cameras = [
             _Camera(pending, offs, self.length, nbytes)
@@ -176,7 +181,8 @@ class SegmentLedger:
 
         A leaving sample decodes up to some position ``q <= p`` (``p``: the needed frames up
         to the highest produced frame's window), and only while ``next < p``. Capped, its
-        read-ahead stops at ``p`` too: at most ``p``. Else it reads ahead to ``next + chunk``,
+        read-ahead stops at ``p`` too (moved on to the next aligned frame): at most that.
+        Else it reads ahead to ``next + chunk``,
         so decoding reaches at most ``next + chunk`` if that is ``>= p``, else
         ``p - 1 + chunk`` (land on ``p - 1``, then one more chunk). Every frame beyond the
         decoded ones still has users, so all of them would be held. What a sample leaving
@@ -185,10 +191,18 @@ class SegmentLedger:
         if p <= c.next:
             return 0
         if self.capped:
-            return p - c.next
+            return (self._aligned(c, p) if self.align > 1 else p) - c.next
         n = c.next + self.chunk
         reach = n if n >= p else p - 1 + self.chunk
         return min(len(c.list), reach) - c.next
+
+    def _aligned(self, c: _Camera, stop: int) -> int:
+        """``stop`` moved on (by fewer than ``align`` frames) until the first frame left to
+        decode is a multiple of ``align``: a keyframe, where the next decode call seeks."""
+        frames, n = c.list, len(c.list)
+        while 0 < stop < n and frames[stop] % self.align and frames[stop] == frames[stop - 1] + 1:
+            stop += 1
+        return stop
 
     def _recount(self) -> None:
         self._cost: tuple[int, int] | None = None  # (frame, cost_of(frame)), until a change
@@ -234,6 +248,8 @@ class SegmentLedger:
                 stop = int(c.needed.searchsorted(upto, side="right"))
                 ahead = min(len(c.list), c.next + self.chunk)
                 stop = max(stop, min(c.p, ahead) if self.capped else ahead)
+                if self.align > 1:
+                    stop = self._aligned(c, stop)
                 todo = c.needed[c.next : stop]
                 c.next = stop
                 c.held += len(todo)
@@ -264,7 +280,7 @@ class Ledger:
         self.peak_held = 0
         # The most one reference can commit: a segment's first one, its window's span (and
         # a chunk per camera, uncapped; a later one: one frame, or a chunk at most).
-        extra = 0 if model.chunk_within_produced else model.decode_chunk
+        extra = model.decode_align - 1 if model.chunk_within_produced else model.decode_chunk
         self.worst = sum(
             (max(o) - min(o) + 1 + extra) * b
             for o, b in zip(model.offsets, model.frame_bytes, strict=True)

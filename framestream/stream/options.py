@@ -26,8 +26,10 @@ def _opt(default: Any, doc: str, *, minimum: float | None = None, size: bool = F
 
 # Per DataLoader worker; chosen so that a worker streaming the benchmark dataset (2 cameras,
 # 240x320) at the defaults peaks under 512 MB of RSS, interpreter and torch included (README,
-# "Memory").
+# "Memory"). "auto" raises it for long camera windows (stream.worker.resolve_budget), up to
+# AUTO_MAX_MEMORY_BUDGET.
 DEFAULT_MEMORY_BUDGET = 80 << 20
+AUTO_MAX_MEMORY_BUDGET = 1 << 30
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,11 +114,12 @@ class StreamOptions:
     prefetch: int = _opt(
         2, "segments beyond the open ones whose remote files are fetched ahead", minimum=0
     )
-    memory_budget: int | None = _opt(
-        DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | Literal["auto"] | None = _opt(
+        "auto",
         "bytes per worker for decoded frames awaiting their samples, open decoders and batch "
-        "slots (e.g. '512MB'); the shuffle buffer shrinks to fit and stats() says so; None: "
-        "no limit (README, Memory)",
+        "slots (e.g. '512MB'); the shuffle buffer shrinks to fit and stats() says so; 'auto': "
+        "80 MB, raised to hold active_shards open episodes' camera windows (at most 1 GB); "
+        "None: no limit (README, Memory)",
         minimum=1 << 20,
         size=True,
     )
@@ -127,7 +130,7 @@ class StreamOptions:
             name = f"{type(self).__name__}.{f.name}"
             value = coerce_field(name, hints[f.name], f.metadata, getattr(self, f.name))
             low = f.metadata.get("minimum")
-            if low is not None and value is not None and value < low:
+            if low is not None and isinstance(value, int | float) and value < low:
                 raise ValueError(f"{type(self).__name__}.{f.name} must be >= {low}, got {value}")
             object.__setattr__(self, f.name, value)
         if self.pixel_format == "yuv420" and (self.channels_last or not self.return_uint8):
@@ -183,8 +186,17 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
         inner = [a for a in args if a is not type(None)]
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
             return None
-        (tp,) = inner  # X | None only
-        return coerce(name, tp, value)
+        if len(inner) == 1:
+            return coerce(name, inner[0], value)
+        for alt in inner:  # X | Y | None: the first kind that takes the value
+            try:
+                return _convert(alt, typing.get_origin(alt), typing.get_args(alt), value)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(
+            f"{name}: cannot use {value!r} ({type(value).__name__}) as "
+            + " or ".join(_kind_name(a) for a in inner)
+        )
     try:
         return _convert(tp, origin, args, value)
     except (TypeError, ValueError) as exc:
@@ -253,6 +265,8 @@ def _size(name: str, text: str) -> int | str:
 
     if text.strip().lower() in ("none", ""):
         return text
+    if text.strip().lower() == "auto":
+        return "auto"
     try:
         return parse_size(text)
     except Exception:  # argparse.ArgumentTypeError

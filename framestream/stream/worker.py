@@ -10,7 +10,7 @@ dataset object, so the same engine serves every process and every resume path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +27,14 @@ from framestream.decode.video import DecoderCache, resolve_backend
 from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import TableReader
+from framestream.io.mp4index import keyframe_interval
 from framestream.stream import ledger as _ledger
 from framestream.stream.ledger import MemoryModel
-from framestream.stream.options import StreamOptions
+from framestream.stream.options import (
+    AUTO_MAX_MEMORY_BUDGET,
+    DEFAULT_MEMORY_BUDGET,
+    StreamOptions,
+)
 from framestream.stream.prefetch import StreamIO
 from framestream.stream.reader import Counters, SegmentReader
 from framestream.stream.sample import WindowSpec
@@ -69,9 +74,13 @@ class ReadSpec:
     image_transforms: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-# An open decoder's own memory, in frames of its I420 size (measured: ~3-5 MB per torchcodec
-# AV1 decoder of 240x320, whose frames are 115 kB).
-DECODER_FRAMES = 32
+# An open decoder's own memory: a fixed part plus frames of its I420 size (torchcodec, one
+# thread, RSS per extra open decoder: AV1 1.2 MB at 240x320 and 5.1 MB at 480x640, H.264
+# 2.6 MB and 4.9 MB; 1.5 MB + 8 frames covers each within 10 %, over rather than under).
+DECODER_FIXED_BYTES = 3 << 19
+DECODER_FRAMES = 8
+# "auto": frames at least this (the frames share 80 MB leaves on the benchmark dataset)
+AUTO_MIN_FRAMES_BYTES = 25 << 20
 DECODE_CHUNK = 16  # the most frames a reader decodes at once beyond what a sample needs
 
 
@@ -89,13 +98,13 @@ def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) 
             frame_bytes.append(h * w * 3 // 2)
         else:
             frame_bytes.append(h * w * 3)  # uint8, whatever the output dtype
-        decoder_bytes = max(decoder_bytes, DECODER_FRAMES * h * w * 3 // 2)
+        decoder_bytes = max(decoder_bytes, DECODER_FIXED_BYTES + DECODER_FRAMES * h * w * 3 // 2)
     files = sum(
         len(np.unique(meta.episodes.videos[k].chunk * (1 << 32) + meta.episodes.videos[k].file))
         for k in keys
     )
     decoders = min(options.decoder_cache_size(len(keys)), max(1, files)) * decoder_bytes
-    budget = options.memory_budget
+    budget = resolve_budget(options, window, keys, frame_bytes, decoders)
     known = budget is not None and all(s is not None for s in shapes)  # else: account only
     fixed = decoders + (_ledger.batch_share(budget) if budget is not None else 0)
     return MemoryModel(
@@ -107,7 +116,79 @@ def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) 
         frames_budget=max(0, budget - fixed) if known else None,
         fixed_bytes=fixed,
         budget=budget,
+        decode_align=decode_align(meta) if options.shuffle else 1,
     )
+
+
+_ALIGNS: dict[tuple[str, str], int] = {}
+
+
+def decode_align(meta: DatasetMeta) -> int:
+    """Keyframe spacing the readers align their decode calls to (1: none).
+
+    Why: with shuffle, a reader decodes a few frames per call and its decoder, shared with
+    the other open segments of the file, seeks between calls. A seek to a frame that is not
+    a keyframe decodes the keyframe before it and throws it away: at LeRobot's GOP of 2 that
+    is one wasted decode in two seeks (measured: 547 -> 488 us per frame with shuffle pieces).
+    Ending each call just before a keyframe makes the next one start on it, for at most
+    ``gop - 1`` more frames held per camera (accounted by the ledger). Episodes start on
+    keyframes (LeRobot encodes each one alone), so keyframes of a GOP-``g`` video sit at
+    multiples of ``g`` within the episode; where they do not, the cost is the held frame.
+    Only short GOPs (2-4) are aligned, read once per local dataset from its first file.
+    """
+    if not meta.video_keys or not meta.source.is_local or not len(meta.episodes.length):
+        return 1
+    episode = int(meta.episodes.episode_index[0])
+    gop = 1
+    for key in meta.video_keys:
+        if meta.features[key].is_depth:
+            continue
+        rel = meta.video_file(episode, key)
+        cached = _ALIGNS.get((meta.source.url, rel))
+        if cached is None:
+            try:
+                with meta.source.open(rel) as f:
+                    size = f.seek(0, 2)
+
+                    def read_at(offset: int, n: int, f: Any = f) -> bytes:
+                        f.seek(offset)
+                        return f.read(n)
+
+                    cached = keyframe_interval(read_at, size)
+            except Exception:  # not an mp4 indexed here: the readers report real problems
+                cached = 1
+            _ALIGNS[(meta.source.url, rel)] = cached
+        gop = max(gop, cached)
+    return gop if 2 <= gop <= 4 else 1
+
+
+def resolve_budget(
+    options: StreamOptions,
+    window: WindowSpec,
+    keys: Sequence[str],
+    frame_bytes: Sequence[int],
+    decoders: int,
+) -> int | None:
+    """The budget in bytes: the option, or for ``"auto"`` 80 MB raised to fit what decode-once
+    needs for mixing with long windows.
+
+    Why: an open episode keeps its camera window's span decoded (a window over the last 5 s
+    at 30 fps holds ~150 frames per camera), so 80 MB would leave one episode open and every
+    batch would come from it. And a dataset of many video files keeps up to the decoder
+    cache's capacity of decoders open, which alone can fill 80 MB and leave no room for a
+    shuffle reservoir. ``"auto"`` makes room for the open decoders, ``active_shards`` window
+    spans (at least ``AUTO_MIN_FRAMES_BYTES`` of frames) and the batch share, capped at
+    ``AUTO_MAX_MEMORY_BUDGET``; single-frame samples from a few files keep 80 MB.
+    """
+    budget = options.memory_budget
+    if budget != "auto":
+        return budget
+    span_bytes = sum(
+        int(np.ptp(window.frame_offsets(k))) * b for k, b in zip(keys, frame_bytes, strict=True)
+    )
+    frames = max(AUTO_MIN_FRAMES_BYTES, (options.active_shards or 8) * span_bytes)
+    wanted = int((decoders + frames) / (1 - _ledger.BATCH_SHARE))
+    return int(np.clip(wanted, DEFAULT_MEMORY_BUDGET, AUTO_MAX_MEMORY_BUDGET))
 
 
 def schedule_config(
