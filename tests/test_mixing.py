@@ -158,7 +158,6 @@ def meta(small_root):
 
 
 def make(meta, **kw) -> StreamingLeRobotDataset:
-    kw.setdefault("shuffle_pieces", True)  # opt-in
     return StreamingLeRobotDataset(meta.source.url, meta=meta, return_uint8=True, seed=7, **kw)
 
 
@@ -235,8 +234,8 @@ def test_a_state_is_refused_by_a_dataset_that_cuts_episodes_differently(meta):
         next(it)
     state = ds.state_dict()
     assert state["plan"] == {"chunk": 16, "lead": 32, "cut_cost": 0}
-    other = make(meta, shuffle_chunk=0)
-    with pytest.raises(StateDictError, match="'plan' differs"):
+    other = make(meta, shuffle_pieces=False)  # e.g. a state saved before pieces were the default
+    with pytest.raises(StateDictError, match="'plan' differs.*shuffle_pieces"):
         other.load_state_dict(state)
     same = make(meta)
     same.load_state_dict(state)
@@ -269,18 +268,20 @@ def test_defaults_follow_the_camera_window(meta):
     # fewer open pieces, each holding its window
     assert (long.mix_chunk(), long.options.active_shards) == (2400, 8)
     assert make(meta, shuffle=False).mix_chunk() == 0
+    off = make(meta, shuffle_pieces=False)  # whole episodes, 8 open
+    assert (off.mix_chunk(), off.options.active_shards) == (0, 8)
     assert make(meta, active_shards=5).options.active_shards == 5
 
 
 def test_only_persistent_workers_prepare_the_next_pass():
-    from framestream.datasets.streaming import _persistent_worker
+    from framestream.datasets.loader_frames import persistent_worker
 
     def _worker_loop(persistent_workers: bool) -> bool:  # torch's worker loop, by its name
-        return _persistent_worker()
+        return persistent_worker()
 
     assert _worker_loop(True) is True
     assert _worker_loop(False) is False
-    assert _persistent_worker() is False  # not in a DataLoader worker
+    assert persistent_worker() is False  # not in a DataLoader worker
 
 
 def test_long_keyframe_intervals_keep_episodes_whole(tmp_path):
@@ -290,7 +291,7 @@ def test_long_keyframe_intervals_keep_episodes_whole(tmp_path):
         tmp_path / "ds", num_episodes=2, min_length=40, max_length=40, height=48, width=80,
         codec="h264", gop=40, num_cameras=1, seed=0,
     )  # fmt: skip
-    ds = StreamingLeRobotDataset(str(root), return_uint8=True, shuffle_pieces=True)
+    ds = StreamingLeRobotDataset(str(root), return_uint8=True)
     # a piece starts with a seek decoding up to 40 unused frames: pieces of 16 x 20 frames
     assert ds.mix_chunk() == 320
     # whole episodes, streamed as before pieces: no lead-in cut (a seek too), 8 open

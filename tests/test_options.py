@@ -72,8 +72,8 @@ def test_config_fields_come_from_the_options():
 
 def test_dataset_takes_options_and_keywords(small_root):
     ds = StreamingLeRobotDataset(str(small_root), options=StreamOptions(seed=3), buffer_size=9)
-    # the dataset resolves active_shards=None (8 open whole episodes; 32 with shuffle pieces)
-    assert ds.options == StreamOptions(seed=3, buffer_size=9, active_shards=8)
+    # the dataset resolves active_shards=None (32 pieces for one frame per camera)
+    assert ds.options == StreamOptions(seed=3, buffer_size=9, active_shards=32)
     assert ds.buffer_size == 9  # options read as attributes too
     with pytest.raises(TypeError, match="unknown stream option"):
         StreamingLeRobotDataset(str(small_root), bufer_size=9)

@@ -209,3 +209,49 @@ def test_plain_dataloader_progress_state(meta, num_workers):
     ds2.set_epoch(1)
     again = [i for b in plain(ds2, num_workers) for i in ids(b)]
     assert sorted(again) == list(range(meta.total_frames))
+
+
+def test_state_saved_after_a_drop_last_epoch_leaves_the_next_epoch_whole(meta):
+    """StatefulDataLoader with ``drop_last``: each worker's last samples are dropped, so its
+    snapshot at the epoch's last batch is not finished. On load torchdata restores those
+    states into an iterator it then discards; that must not start a pass (which would take
+    epoch 1 from the loader's real one, and make it stream epoch 2)."""
+    counts = [make(meta).plan(worker=w, num_workers=2).num_samples for w in range(2)]
+    batch = next(b for b in range(3, 16) if all(c % b for c in counts))
+
+    def loader(ds) -> StatefulDataLoader:
+        return StatefulDataLoader(ds, batch_size=batch, num_workers=2, drop_last=True, timeout=120)
+
+    def epoch(ds, dl, e) -> list[int]:
+        ds.set_epoch(e)
+        return [i for b in dl for i in ids(b)]
+
+    ref = make(meta)
+    ref_dl = loader(ref)
+    epoch(ref, ref_dl, 0)
+    want = epoch(ref, ref_dl, 1)
+    first = make(meta)
+    dl = loader(first)
+    epoch(first, dl, 0)
+    state = json.loads(json.dumps(dl.state_dict()))
+    workers = state["_snapshot"]["_worker_snapshots"].values()
+    assert not all(w["dataset_state"]["streams"][0]["finished"] for w in workers)
+    second = make(meta)
+    dl2 = loader(second)
+    dl2.load_state_dict(state)
+    assert epoch(second, dl2, 1) == want
+
+
+def test_loader_batch_is_read_from_the_fetch_asking_for_it():
+    from types import SimpleNamespace
+
+    from framestream.datasets.loader_frames import loader_batch
+
+    def fetch(self, possibly_batched_index):  # torch's fetcher method, by its names
+        return loader_batch()
+
+    batched = SimpleNamespace(auto_collation=True, drop_last=True)
+    assert fetch(batched, [0, 1, 2]) == (3, True)
+    assert fetch(SimpleNamespace(auto_collation=True, drop_last=False), [0]) == (1, False)
+    assert fetch(SimpleNamespace(auto_collation=False, drop_last=True), 0) is None
+    assert loader_batch() is None  # not under a DataLoader fetch

@@ -139,10 +139,10 @@ def test_two_ranks_split_one_epoch(tiny_root: Path, tmp_path: Path) -> None:
     assert cases == [(0, False), (2, False), (0, True), (2, True), (2, True)]
     for i in range(4):
         check_case([r["cases"][i] for r in results], meta, everything)
-    # The two ranks really read different episodes (split by episode, 6 episodes >= 2 ranks;
-    # with shuffle_pieces they would read pieces of every episode, frames still disjoint).
+    # The ranks read pieces of the episodes (frames disjoint: check_case), so that each
+    # rank's batches mix nearly all of them, not a half each.
     eps = [Counter(s[1] for s in r["cases"][0]["samples"]) for r in results]
-    assert set(eps[0]).isdisjoint(eps[1])
+    assert len(set(eps[0]) & set(eps[1])) >= 3
 
     # Fewer episodes than (rank, worker) readers.
     row = meta.episodes.row(3)

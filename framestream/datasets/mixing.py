@@ -58,14 +58,15 @@ def keyframe_interval(meta: Any, episode: int) -> int:
 def mix_chunk(options: Any, meta: Any, window: Any, episodes: Sequence[int]) -> int:
     """Frames per shuffled piece of an episode (0: whole episodes).
 
-    ``options.shuffle_chunk`` when given. Otherwise the smallest piece whose cuts cost under
-    1/16 of its frames: 16 frames, times the camera window's span (a cut decodes the span
-    twice) or half the keyframe interval (a piece starts with a seek that decodes up to a
-    keyframe interval of frames it does not use: long-GOP H.264 gets whole episodes). Remote
-    sources keep whole episodes: pieces would spread every episode over every rank, so each
-    node would fetch (and, read as byte ranges, open a decoder per piece of) nearly every file,
-    and the keyframe probe itself would fetch a file at construction. ``on_error="skip"``
-    keeps them too: a bad episode is then dropped whole, once, not piece by piece.
+    ``options.shuffle_chunk`` when given; 0 with ``shuffle_pieces=False``. Otherwise the
+    smallest piece whose cuts cost under 1/16 of its frames: 16 frames, times the camera
+    window's span (a cut decodes the span twice) or half the keyframe interval (a piece starts
+    with a seek that decodes up to a keyframe interval of frames it does not use: long-GOP H.264
+    gets whole episodes). Remote sources keep whole episodes: pieces would spread every episode
+    over every rank, so each node would fetch (and, read as byte ranges, open a decoder per
+    piece of) nearly every file, and the keyframe probe itself would fetch a file at
+    construction. ``on_error="skip"`` keeps them too: a bad episode is then dropped whole, once,
+    not piece by piece.
     """
     if not options.shuffle:
         return 0

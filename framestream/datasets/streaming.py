@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -26,6 +25,7 @@ from framestream.datasets.lerobot_args import (
     lerobot_stream_options,
     resolve_location,
 )
+from framestream.datasets.loader_frames import loader_batch, persistent_worker
 from framestream.datasets.mixing import auto_active, camera_span, mix_chunk
 from framestream.datasets.resumable import Resumable
 from framestream.decode.buffers import per_process
@@ -64,21 +64,6 @@ def _freeze_inherited_objects() -> bool:
 
 
 _freeze_once = per_process(_freeze_inherited_objects)  # once per worker process
-
-
-def _persistent_worker() -> bool:
-    """Whether this DataLoader worker outlives the pass (``persistent_workers=True``).
-
-    torch does not expose it, but its worker loop takes it as an argument: read it from that
-    frame. Why: building the next pass's stream ahead is wasted work in a worker that exits.
-    Unknown (another loader, another torch): False.
-    """
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "_worker_loop" and "persistent_workers" in frame.f_locals:
-            return bool(frame.f_locals["persistent_workers"])
-        frame = frame.f_back
-    return False
 
 
 class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.data.IterableDataset):
@@ -185,8 +170,10 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
             # Load the video backend here, once: DataLoader workers forked from this process
             # inherit it instead of each importing torchcodec (~2.4 s of CPU) at every pass.
             resolve_backend(self.options.video_backend)
+        # Sized here, once: DataLoader workers inherit it instead of each probing the mp4s.
+        pieces = self._pieces()
         if self.options.active_shards is None:
-            active = auto_active(camera_span(self.meta, self.window), self._pieces())
+            active = auto_active(camera_span(self.meta, self.window), pieces)
             self.options = dataclasses.replace(self.options, active_shards=active)
         self.delta_timestamps = delta_timestamps
         self.image_transforms = image_transforms
@@ -311,10 +298,11 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
             _freeze_once()
         slot = 0 if info is None else worker + 1
         local, self._loaded_here = self._loaded_here, None
-        if local is not None and local.finished:
-            if local.epoch < self._clock.peek(slot, 0 if info is None else num_workers):
-                # A finished state of an epoch the loop moved past: torchdata restores worker
-                # states saved after a pass into an iterator it then discards. Not a pass.
+        if local is not None and local.epoch < self._clock.peek(slot, num_workers if info else 0):
+            if local.finished or self._no_batch_left(local, worker, num_workers):
+                # A spent state of an epoch the loop moved past: torchdata restores worker
+                # states saved after a pass into an iterator it then discards. Not a pass
+                # (starting one would take the epoch from the loader's real next pass).
                 return
         started = self._clock.start(slot, 0 if info is None else num_workers)
         epoch, state = started.epoch, None
@@ -345,7 +333,7 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
         # A persistent worker builds its next pass's stream once this one drains (every piece
         # opened, at most half a reservoir left, so its frames have mostly been freed): see
         # _prepare_next.
-        ahead = info is not None and self._pieces() and _persistent_worker()
+        ahead = info is not None and self._pieces() and persistent_worker()
         sch = stream.schedule
         total = sum(s.size for s in sch.segments)
         drained = max(total // 2, total - self.options.buffer_size // 2)
@@ -361,6 +349,20 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
             stream.close()
         if ahead:
             self._prepare_next(slot, worker, num_workers)
+
+    def _no_batch_left(self, state: Any, worker: int, num_workers: int) -> bool:
+        """Whether the restored ``state`` can give the DataLoader pulling from this worker no
+        batch: fewer samples left than a batch, which it drops (``drop_last``).
+
+        Why: torchdata snapshots a worker when it hands out a batch, so under ``drop_last`` a
+        state saved after the epoch ended may still hold the worker's last, dropped samples:
+        the epoch is over for that loader although the state is not finished.
+        """
+        batch = loader_batch()
+        if batch is None or not batch[1]:
+            return False
+        schedule = self._start(state, state.epoch, worker, num_workers).schedule
+        return sum(s.size for s in schedule.remaining_segments()) < batch[0]
 
     def _new_stream(self, start: Start, layout: tuple[Any, ...], slot: int) -> WorkerStream:
         """The engine for ``start``; ``layout`` = ((rank, world size), worker, workers, epoch),

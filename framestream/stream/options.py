@@ -79,10 +79,9 @@ class StreamOptions:
         64, "references held before the first sample leaves (lower: faster first batch)", minimum=1
     )
     shuffle_pieces: bool = _opt(
-        False,
+        True,
         "cut episodes into shuffled pieces dealt to every worker (batches mix like a global "
-        "shuffle at a small reservoir; see shuffle_chunk): opt-in while mid-epoch resume with "
-        "several workers is not yet exact with pieces",
+        "shuffle at a small reservoir; see shuffle_chunk); False: whole episodes",
     )
     shuffle_chunk: int | None = _opt(
         None,

@@ -74,6 +74,12 @@ class Fingerprint:
                         "; to change even_ranks, resume elastically: load "
                         "framestream.merge_states() of every rank's and worker's states"
                     )
+                elif key == "plan":
+                    hint = (
+                        "; episodes were cut into other shuffle pieces: use the saved run's "
+                        "shuffle_pieces/shuffle_chunk (chunk 0: shuffle_pieces=False, whole "
+                        "episodes, the default before pieces)"
+                    )
                 raise StateDictError(
                     f"state_dict was saved for another dataset or configuration ({key!r} "
                     f"differs: saved {str(theirs[key])[:200]}, here {str(mine[key])[:200]})" + hint
