@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from framestream.decode.gop import keyframe_interval
 from framestream.stream.plan import MIN_CHUNK
 
 __all__ = ["auto_active", "camera_span", "keyframe_interval", "mix_chunk"]
@@ -30,29 +31,6 @@ def auto_active(span: int, pieces: bool) -> int:
     512 / span, at least 8. Whole episodes (``pieces`` False: long windows or GOPs, ranged
     sources) keep the 8 open that streamed them before."""
     return int(np.clip(512 // max(1, span), 8, 32)) if pieces else 8
-
-
-def keyframe_interval(meta: Any, episode: int) -> int:
-    """The longest run of frames from one keyframe to the next in each camera's video file
-    of ``episode`` (LeRobot encodes every file alike); 0 when it cannot be read here."""
-    from framestream.io.mp4index import index_file
-
-    gop = 1
-    try:
-        for key in meta.video_keys:
-            with meta.source.open(meta.video_file(int(episode), key)) as f:
-                size = f.seek(0, 2)
-
-                def read_at(offset: int, n: int, f: Any = f) -> bytes:
-                    f.seek(offset)
-                    return f.read(n)
-
-                index = index_file(read_at, size)
-            sync = np.flatnonzero(index.is_sync)
-            gop = max(gop, int(np.diff(sync).max()) if len(sync) > 1 else len(index))
-    except Exception:  # not an mp4 we can index: the stream reports real problems itself
-        return 0
-    return gop
 
 
 def mix_chunk(options: Any, meta: Any, window: Any, episodes: Sequence[int]) -> int:
