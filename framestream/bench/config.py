@@ -183,7 +183,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=_budget,
         default=StreamOptions.memory_budget,
         help="bytes per worker for decoded frames, decoders and batch slots, e.g. 512MB; "
-        "auto: the library's rule (80 MB, more for long windows); none: unbounded "
+        "auto: the library's rule (112 MB, more for long windows); none: unbounded "
         "(default: auto)",
     )
     p.add_argument(

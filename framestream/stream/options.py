@@ -28,7 +28,7 @@ def _opt(default: Any, doc: str, *, minimum: float | None = None, size: bool = F
 # 240x320) at the defaults peaks under 512 MB of RSS, interpreter and torch included (README,
 # "Memory"). "auto" raises it for long camera windows (stream.worker.resolve_budget), up to
 # AUTO_MAX_MEMORY_BUDGET.
-DEFAULT_MEMORY_BUDGET = 80 << 20
+DEFAULT_MEMORY_BUDGET = 112 << 20
 AUTO_MAX_MEMORY_BUDGET = 1 << 30
 
 
@@ -118,7 +118,7 @@ class StreamOptions:
         "auto",
         "bytes per worker for decoded frames awaiting their samples, open decoders and batch "
         "slots (e.g. '512MB'); the shuffle buffer shrinks to fit and stats() says so; 'auto': "
-        "80 MB, raised to hold active_shards open episodes' camera windows (at most 1 GB); "
+        "112 MB, raised to hold active_shards open episodes' camera windows (at most 1 GB); "
         "None: no limit (README, Memory)",
         minimum=1 << 20,
         size=True,

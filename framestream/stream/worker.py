@@ -79,7 +79,7 @@ class ReadSpec:
 # 2.6 MB and 4.9 MB; 1.5 MB + 8 frames covers each within 10 %, over rather than under).
 DECODER_FIXED_BYTES = 3 << 19
 DECODER_FRAMES = 8
-# "auto": frames at least this (the frames share 80 MB leaves on the benchmark dataset)
+# "auto": frames at least this (about what 80 MB leaves for frames on the benchmark dataset)
 AUTO_MIN_FRAMES_BYTES = 25 << 20
 DECODE_CHUNK = 16  # the most frames a reader decodes at once beyond what a sample needs
 
@@ -148,16 +148,16 @@ def resolve_budget(
     frame_bytes: Sequence[int],
     decoders: int,
 ) -> int | None:
-    """The budget in bytes: the option, or for ``"auto"`` 80 MB raised to fit what decode-once
+    """The budget in bytes: the option, or for ``"auto"`` 112 MB raised to fit what decode-once
     needs for mixing with long windows.
 
     Why: an open episode keeps its camera window's span decoded (a window over the last 5 s
-    at 30 fps holds ~150 frames per camera), so 80 MB would leave one episode open and every
+    at 30 fps holds ~150 frames per camera), so 112 MB would leave one episode open and every
     batch would come from it. And a dataset of many video files keeps up to the decoder
-    cache's capacity of decoders open, which alone can fill 80 MB and leave no room for a
+    cache's capacity of decoders open, which alone can fill the default and leave no room for a
     shuffle reservoir. ``"auto"`` makes room for the open decoders, ``active_shards`` window
     spans (at least ``AUTO_MIN_FRAMES_BYTES`` of frames) and the batch share, capped at
-    ``AUTO_MAX_MEMORY_BUDGET``; single-frame samples from a few files keep 80 MB.
+    ``AUTO_MAX_MEMORY_BUDGET``; single-frame samples from a few files keep 112 MB.
     """
     budget = options.memory_budget
     if budget != "auto":
