@@ -157,3 +157,12 @@ def test_reservoir_is_uniform_enough():
             r.push((0, i))
         firsts[r.pop()[1]] += 1
     assert all(400 < c < 600 for c in firsts.values()), firsts
+
+
+def test_opening_ahead_changes_no_order():
+    """open_next() opens what the first next_ref() would (a worker's prepared pass) without
+    drawing from the RNG: the stream is the same."""
+    ahead = Schedule(SEGMENTS, config(active=3), [7])
+    ahead.open_next()
+    assert len(ahead.active) == 3 and ahead.emitted == 0
+    assert drain(ahead) == drain(Schedule(SEGMENTS, config(active=3), [7]))

@@ -86,6 +86,13 @@ class Schedule:
         self.reservoir_limited_min: int | None = None  # smallest reservoir the budget forced
 
     # ------------------------------------------------------------------ driving
+    def open_next(self) -> None:
+        """Open the segments :meth:`next_ref` would open first (up to ``active_shards``).
+
+        Opening draws nothing from the RNG and produces nothing, so doing it early (to open
+        readers ahead of the first sample) leaves the order unchanged."""
+        self._fill()
+
     def _fill(self) -> None:
         limit = self.config.active_shards if self.config.shuffle else 1
         while len(self.active) < limit and self.next_segment < len(self.segments):

@@ -280,7 +280,7 @@ class WorkerStream:
         ledger stays exact, and the schedule's position does not move (opening segments
         draws nothing from the RNG)."""
         sch = self.schedule
-        sch._fill()  # what next_ref() opens first
+        sch.open_next()
         for rid in list(sch.active):
             if rid not in self.readers:
                 self._reader(rid).open_decoders()
