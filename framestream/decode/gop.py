@@ -1,9 +1,8 @@
 """How far apart a dataset's video keyframes are, read from the mp4 index (no decoding).
 
-Two decisions depend on it: how small shuffle pieces may be (a piece starts with a seek that
-decodes up to a keyframe interval it does not use) and how the shuffled readers align their
-decode calls (ending each just before a keyframe, so that the next seek wastes nothing).
-LeRobot encodes every episode alike, so one file per camera speaks for the dataset.
+How small shuffle pieces may be depends on it: a piece starts with a seek that decodes up to
+a keyframe interval it does not use. LeRobot encodes every episode alike, so one file per
+camera speaks for the dataset.
 """
 
 from __future__ import annotations

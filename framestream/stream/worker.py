@@ -23,7 +23,6 @@ from framestream._errors import (
     TimestampToleranceError,
     VideoDecodeError,
 )
-from framestream.decode.gop import keyframe_interval
 from framestream.decode.video import DecoderCache, resolve_backend
 from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
@@ -79,6 +78,18 @@ class ReadSpec:
 # 2.6 MB and 4.9 MB; 1.5 MB + 8 frames covers each within 10 %, over rather than under).
 DECODER_FIXED_BYTES = 3 << 19
 DECODER_FRAMES = 8
+# Shuffled readers end each decode call just before a frame at a multiple of this within
+# its episode. Why: a shuffled reader decodes a few frames per call and its decoder, shared
+# with the other open segments of the file, seeks between calls; a seek costs ~0.25 ms, and
+# one that lands on a frame that is not a keyframe also decodes the keyframe before it and
+# throws it away. LeRobot encodes each episode alone with a GOP of 2 (keyframes at even
+# frames of the episode), so ending calls at even frames makes every seek land on a
+# keyframe: decode calls of a single-frame stream replayed on one core went from 433 to 361
+# us per frame with whole episodes, 553 to 495 with shuffle pieces. For other GOPs it costs
+# at most one more held frame per call (the ledger accounts for it). It is a constant, not
+# read from the files, so that the order stays a function of the metadata and options: a
+# local copy and its remote original stream the same samples.
+DECODE_ALIGN = 2
 # "auto": frames at least this (about what 80 MB leaves for frames on the benchmark dataset)
 AUTO_MIN_FRAMES_BYTES = 25 << 20
 DECODE_CHUNK = 16  # the most frames a reader decodes at once beyond what a sample needs
@@ -116,29 +127,8 @@ def memory_model(meta: DatasetMeta, window: WindowSpec, options: StreamOptions) 
         frames_budget=max(0, budget - fixed) if known else None,
         fixed_bytes=fixed,
         budget=budget,
-        decode_align=decode_align(meta) if options.shuffle else 1,
+        decode_align=DECODE_ALIGN if options.shuffle else 1,
     )
-
-
-def decode_align(meta: DatasetMeta) -> int:
-    """Keyframe spacing the shuffled readers align their decode calls to (1: none).
-
-    Why: with shuffle, a reader decodes a few frames per call and its decoder, shared with
-    the other open segments of the file, seeks between calls. A seek costs ~0.25 ms, and one
-    to a frame that is not a keyframe also decodes the keyframe before it and throws it away:
-    at LeRobot's GOP of 2 that is one wasted decode in two seeks. Ending each call just
-    before a keyframe makes the next one start on it, for at most ``gop - 1`` more frames
-    held per camera (accounted by the ledger). Measured (decode calls of a single-frame
-    stream replayed on one core): 433 -> 361 us per frame with whole episodes, 553 -> 495
-    with shuffle pieces. Episodes start on keyframes (LeRobot encodes each one alone), so a
-    GOP-``g`` video's keyframes sit at multiples of ``g`` within the episode; where they do
-    not, the cost is the held frame. Only short GOPs (2-4), and local files (a remote one
-    would be fetched for its index).
-    """
-    if not meta.video_keys or not meta.source.is_local or not len(meta.episodes.length):
-        return 1
-    gop = keyframe_interval(meta, int(meta.episodes.episode_index[0]))
-    return gop if 2 <= gop <= 4 else 1
 
 
 def resolve_budget(
