@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# The mp4 index tests' videos (test_io_mp4*.py, test_io_ranged.py); a module's own fixture of
+# the same name wins.
+from mp4_helpers import video, videos  # noqa: F401
+
 from framestream.testing.default_data import TINY_DATASET, synthetic_dataset
 from framestream.testing.synth import generate_synthetic_dataset
 

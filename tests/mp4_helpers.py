@@ -115,3 +115,16 @@ def box(typ: bytes, payload: bytes, large: bool = False) -> bytes:
     if large:
         return struct.pack(">I4sQ", 1, typ, 16 + len(payload)) + payload
     return struct.pack(">I4s", 8 + len(payload), typ) + payload
+
+
+# Fixtures of the four modules (tests/conftest.py makes them visible there).
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Every codec's small videos, encoded once per session."""
+    return session_videos(tmp_path_factory)
+
+
+@pytest.fixture(params=list(CODECS))
+def video(request, videos):
+    """One codec's videos: the tests that take it run once per codec."""
+    return pick(videos, request.param)

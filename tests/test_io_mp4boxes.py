@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from mp4_helpers import CODECS, Counting, box, needs_ffmpeg, pick, session_videos
+from mp4_helpers import Counting, box, needs_ffmpeg
 
 from framestream.io.mp4boxes import (
     Mp4Error,
@@ -18,16 +18,6 @@ from framestream.io.mp4boxes import (
 from framestream.io.mp4index import index_file
 
 pytestmark = needs_ffmpeg
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    return session_videos(tmp_path_factory)
-
-
-@pytest.fixture(params=list(CODECS))
-def video(request, videos):
-    return pick(videos, request.param)
 
 
 def test_box_headers():

@@ -6,14 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mp4_helpers import (
-    CODECS,
     EPISODES,
     FPS,
     ODD_RANGES,
     index_of,
     needs_ffmpeg,
     pick,
-    session_videos,
 )
 
 from framestream.io.mp4index import (
@@ -26,16 +24,6 @@ from framestream.io.mp4index import (
 from framestream.io.ranged import needed_ranges
 
 pytestmark = needs_ffmpeg
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    return session_videos(tmp_path_factory)
-
-
-@pytest.fixture(params=list(CODECS))
-def video(request, videos):
-    return pick(videos, request.param)
 
 
 def test_serialise_roundtrip(video):

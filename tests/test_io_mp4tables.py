@@ -9,7 +9,6 @@ import subprocess
 import numpy as np
 import pytest
 from mp4_helpers import (
-    CODECS,
     EPISODES,
     FFMPEG,
     ODD_RANGES,
@@ -19,7 +18,6 @@ from mp4_helpers import (
     index_of,
     needs_ffmpeg,
     pick,
-    session_videos,
 )
 
 from framestream.io.mp4boxes import Mp4Error, read_moov
@@ -34,16 +32,6 @@ except Exception as exc:  # noqa: BLE001 - torchcodec raises RuntimeError withou
     pytest.skip(f"torchcodec unusable: {exc}", allow_module_level=True)
 
 pytestmark = needs_ffmpeg
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    return session_videos(tmp_path_factory)
-
-
-@pytest.fixture(params=list(CODECS))
-def video(request, videos):
-    return pick(videos, request.param)
 
 
 def test_index_matches_pyav_demux(video):

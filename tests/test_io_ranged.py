@@ -6,14 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mp4_helpers import (
-    CODECS,
     EPISODES,
     ODD_RANGES,
     Counting,
     index_of,
     needs_ffmpeg,
-    pick,
-    session_videos,
 )
 
 from framestream.io.mp4boxes import read_moov
@@ -35,16 +32,6 @@ except Exception as exc:  # noqa: BLE001 - torchcodec raises RuntimeError withou
     pytest.skip(f"torchcodec unusable: {exc}", allow_module_level=True)
 
 pytestmark = needs_ffmpeg
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    return session_videos(tmp_path_factory)
-
-
-@pytest.fixture(params=list(CODECS))
-def video(request, videos):
-    return pick(videos, request.param)
 
 
 def _ranged(idx: Mp4Index, data: bytes, spans) -> RangedFile:
