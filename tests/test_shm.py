@@ -54,6 +54,10 @@ def test_slot_batches_equal_default_collate_and_reuse_slots(small_root):
                 assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
             else:
                 assert a[key] == b[key], key
+        # Every tensor, the scalar columns (frame_index, timestamp) too, is a view of the
+        # slot: none travels as its own shared memory (one resource-sharer handshake each).
+        ptrs = {v.untyped_storage().data_ptr() for v in a.values() if isinstance(v, torch.Tensor)}
+        assert len(ptrs) == 1, sorted(k for k, v in a.items() if isinstance(v, torch.Tensor))
         n += 1
     # Every batch came through a slot, and slots were used again and again.
     assert _received() == n > 2 * _shm.MAX_SLOTS
@@ -137,6 +141,26 @@ def test_default_collate_values_for_plain_samples():
     ref = default_collate(samples)
     assert torch.equal(out["a"], ref["a"]) and out["c"] == ref["c"]
     assert [x.tolist() for x in out["b"]] == [x.tolist() for x in ref["b"]]
+
+
+def test_scalar_columns_go_into_the_slot_as_default_collate_types_them():
+    from framestream.batch.collate import _collate_in_slot
+
+    samples = [
+        {"i": i, "f": i / 3, "b": i % 2 == 0, "mixed": 1 if i else 1.5, "t": torch.ones(2) * i}
+        for i in range(5)
+    ]
+    out = _collate_in_slot(samples)
+    ref = default_collate(samples)
+    assert out is not None
+    base = out._slot.tensor.untyped_storage().data_ptr()
+    for key in ("i", "f", "b", "t"):
+        assert out[key].dtype == ref[key].dtype and torch.equal(out[key], ref[key]), key
+        assert out[key].untyped_storage().data_ptr() == base, key
+    # A column of mixed Python types keeps default_collate's own handling, outside the slot.
+    assert torch.equal(out["mixed"], ref["mixed"]) and out["mixed"].dtype == ref["mixed"].dtype
+    assert out["mixed"].untyped_storage().data_ptr() != base
+    del out
 
 
 def test_copies_of_a_slot_batch_are_real_copies():

@@ -11,8 +11,9 @@ shapes) but
 - stacks a channels-last camera tensor (``channels_last=True``) with a memcpy per sample and
   returns the same channels-last view of the batch.
 
-Batches whose samples do not all share one shape and dtype per key, and values that are not
-tensors (``task`` strings), go to ``default_collate`` unchanged. Samples of framestream's
+Python scalars (``frame_index``, ``timestamp``) go into the slot as the tensors
+``default_collate`` makes of them. Batches whose samples do not all share one shape and dtype
+per key, and other values (``task`` strings), go to ``default_collate`` unchanged. Samples of framestream's
 datasets are :class:`~framestream.stream.sample.Sample` dicts, which ``default_collate`` hands to
 :func:`collate` by itself: passing ``collate_fn=framestream.collate`` is not required.
 """
@@ -79,12 +80,37 @@ def _shared_fresh(elem: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return elem.new(storage).resize_(shape)
 
 
+# Python scalars as default_collate turns them into tensors (bool before int: a bool is an int).
+_SCALAR_DTYPES = ((bool, torch.bool), (int, torch.int64), (float, torch.float64))
+
+
+def _scalar_dtype(column: Sequence[Any]) -> torch.dtype | None:
+    """The dtype default_collate gives a column of Python scalars of one exact type, else None.
+
+    Why: a tensor made outside the slot travels to the training process as its own shared
+    memory, and each one costs a socket handshake with the worker's resource sharer (5 such
+    columns made this the training process's largest cost in single-frame batches)."""
+    kind = type(column[0])
+    for py, dtype in _SCALAR_DTYPES:
+        if kind is py:
+            return dtype if all(type(v) is py for v in column) else None
+    return None
+
+
 def _collate_in_slot(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The batch written into a reusable slot, or None when no slot is free."""
     n = len(samples)
-    stackable = [k for k in samples[0] if _uniform([s[k] for s in samples])]
-    shapes = {k: _memory_shape(samples[0][k], n) for k in stackable}
-    need = sum(_shm.nbytes_of(shapes[k], samples[0][k].dtype) for k in stackable)
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    scalars: set[str] = set()
+    for k, elem in samples[0].items():
+        column = [s[k] for s in samples]
+        if _uniform(column):
+            shapes[k], dtypes[k] = _memory_shape(elem, n), elem.dtype
+        elif (dt := _scalar_dtype(column)) is not None:
+            shapes[k], dtypes[k] = (n,), dt
+            scalars.add(k)
+    need = sum(_shm.nbytes_of(shapes[k], dtypes[k]) for k in shapes)
     slot = _shm.pool().acquire(need)
     if slot is None:
         return None
@@ -92,8 +118,12 @@ def _collate_in_slot(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | N
     out: dict[str, Any] = {}
     for key in samples[0]:
         column = [s[key] for s in samples]
-        if key in shapes:
-            out[key] = _stack_into(column, region.take(shapes[key], column[0].dtype))
+        if key in scalars:
+            out[key] = region.take(shapes[key], dtypes[key]).copy_(
+                torch.tensor(column, dtype=dtypes[key])
+            )
+        elif key in shapes:
+            out[key] = _stack_into(column, region.take(shapes[key], dtypes[key]))
         else:
             out[key] = collate(column)
     return _shm.SlotBatch(slot, out)
