@@ -13,9 +13,10 @@ shapes) but
 
 Python scalars (``frame_index``, ``timestamp``) go into the slot as the tensors
 ``default_collate`` makes of them. Batches whose samples do not all share one shape and dtype
-per key, and other values (``task`` strings), go to ``default_collate`` unchanged. Samples of framestream's
-datasets are :class:`~framestream.stream.sample.Sample` dicts, which ``default_collate`` hands to
-:func:`collate` by itself: passing ``collate_fn=framestream.collate`` is not required.
+per key, and other values (``task`` strings), go to ``default_collate`` unchanged. Samples
+of framestream's datasets are :class:`~framestream.stream.sample.Sample` dicts, which
+``default_collate`` hands to :func:`collate` by itself: passing
+``collate_fn=framestream.collate`` is not required.
 """
 
 from __future__ import annotations
