@@ -38,3 +38,14 @@ def test_peaks_combine_by_max_and_min_over_workers_and_passes():
     assert (t["memory_peak_bytes"], t["reservoir_limited_min"], t["samples"]) == (500, 0, 11)
     board.reset()
     assert board.totals()["reservoir_limited_min"] is None  # nothing published
+
+
+def test_a_setting_is_summed_over_workers_but_not_over_passes():
+    """Each pass of a persistent worker publishes its budget again: the total stays the
+    workers' budgets together (it grew by one budget per pass)."""
+    board = StatsBoard()
+    for _ in range(3):  # three passes (epochs) of two workers
+        board.add(1, {"memory_budget_bytes": 112, "samples": 2})
+        board.add(2, {"memory_budget_bytes": 112, "samples": 2})
+    t = board.totals()
+    assert (t["memory_budget_bytes"], t["samples"]) == (224, 12)

@@ -35,7 +35,7 @@ FIELDS = (
     "batch_slot_fallbacks",
     "frame_buffers_reused",
     "frame_buffers_allocated",
-    "memory_budget_bytes",  # per worker, summed: the budget of all workers together
+    "memory_budget_bytes",  # per worker (its current pass's), summed: all workers' together
     "memory_peak_bytes",  # max over workers: budget parts + committed frames at their peak
     "memory_frames_peak_bytes",  # max over workers: decoded frames actually held at the peak
     "memory_limited_samples",  # samples that left while the budget kept the reservoir short
@@ -45,8 +45,11 @@ FIELDS = (
     *IO_FIELDS,
 )
 # How a field combines over workers (default: sum). A "min" field is stored as value + 1, so
-# that 0 means "nothing published" (each worker's row holds its current value).
+# that 0 means "nothing published" (each worker's row holds its current value). A "current"
+# field is a setting, not a counter: each worker's row holds its latest value (a later pass
+# replaces it rather than adding to it), and the rows are summed.
 COMBINE = {
+    "memory_budget_bytes": "current",
     "memory_peak_bytes": "max",
     "memory_frames_peak_bytes": "max",
     "reservoir_limited_min": "min",
@@ -88,7 +91,8 @@ class StatsBoard:
 
     def add(self, slot: int, deltas: dict[str, float]) -> None:
         """Add increments to a row; a :data:`COMBINE` field takes a current value instead
-        (the row keeps its max, or its min), so that several passes never add peaks up."""
+        (the row keeps its max, its min or the value), so that several passes never add
+        peaks or settings up."""
         base = (slot % MAX_SLOTS) * len(FIELDS)
         with self._locked():
             for i, name in enumerate(FIELDS):
@@ -98,6 +102,8 @@ class StatsBoard:
                 how = COMBINE.get(name)
                 if how == "max":
                     self._arr[base + i] = max(self._arr[base + i], d)
+                elif how == "current":
+                    self._arr[base + i] = d
                 elif how == "min":
                     old = self._arr[base + i]
                     self._arr[base + i] = d + 1 if old == 0 else min(old, d + 1)

@@ -343,7 +343,7 @@ class WorkerStream:
             **self.io.counters(),
             **self._memory(),
         }
-        # COMBINE fields go as current values (the board keeps their max or min)
+        # COMBINE fields go as current values (the board keeps their max, min or latest)
         deltas = {k: v if k in COMBINE else v - self._published.get(k, 0) for k, v in now.items()}
         self._published = now
         self._publish_to(deltas)
