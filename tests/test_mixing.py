@@ -12,6 +12,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from framestream import StateDictError, StreamingLeRobotDataset
@@ -257,6 +258,16 @@ def test_mixing_recorder_figures():
     assert got["epoch_boundary_gaps_s"] == [1.0]
     assert got["epoch_boundary_gap_ratio"] == pytest.approx(10.0)
     assert ks_uniform((np.arange(1000) + 0.5) / 1000) < 0.001
+
+
+def test_mixing_recorder_keeps_no_view_of_a_batch():
+    """A view would pin the batch's shared-memory slot (every later batch then takes the
+    slow fresh-memory path); the recorder copies what it keeps."""
+    rec = MixingRecorder({0: 100}, batch_size=2, first=2)
+    episodes, frames = torch.tensor([0, 0]), torch.tensor([5, 6])
+    rec.add(episodes, frames, now=0.0, epoch=0)
+    frames += 50  # the batch's memory is reused for a later batch
+    assert [f.tolist() for f in rec.frames] == [[5, 6]]
 
 
 def test_defaults_follow_the_camera_window(meta):

@@ -80,8 +80,10 @@ class MixingRecorder:
         self._epoch0: int | None = None
 
     def add(self, episodes: Any, frames: Any, now: float, epoch: int) -> None:
-        eps = np.asarray(episodes).reshape(-1)
-        fr = np.asarray(frames).reshape(-1)
+        # Copies: a view would keep the batch's shared-memory slot from being reused, and the
+        # worker would build every later batch in fresh shared memory (the slow path).
+        eps = np.asarray(episodes).reshape(-1).copy()
+        fr = np.asarray(frames).reshape(-1).copy()
         if self._last is not None:
             t0, e0 = self._last
             (self.boundary_gaps if epoch != e0 else self.gaps).append(now - t0)
