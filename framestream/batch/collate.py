@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import default_collate, get_worker_info
 from torch.utils.data._utils.collate import default_collate_fn_map
 
+from framestream.batch import arena as _arena
 from framestream.batch import slots as _shm
 from framestream.stream.sample import Sample
 
@@ -111,15 +112,25 @@ def _collate_in_slot(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | N
         elif (dt := _scalar_dtype(column)) is not None:
             shapes[k], dtypes[k] = (n,), dt
             scalars.add(k)
-    need = sum(_shm.nbytes_of(shapes[k], dtypes[k]) for k in shapes)
-    slot = _shm.pool().acquire(need)
-    if slot is None:
-        return None
-    region = _shm.Region(slot)
+    def bytes_of(keys: Any) -> int:
+        return sum(_shm.nbytes_of(shapes[k], dtypes[k]) for k in keys)
+
+    placed: dict[str, Any] = {}
+    claimed = _arena.claim(samples, lambda cams: bytes_of(shapes.keys() - cams))
+    if claimed is not None:  # the camera tensors are in a slot already, in place
+        slot, start, placed = claimed
+    else:
+        slot = _shm.pool().acquire(bytes_of(shapes))
+        if slot is None:
+            return None
+        start = _shm.HEADER
+    region = _shm.Region(slot, start)
     out: dict[str, Any] = {}
     for key in samples[0]:
         column = [s[key] for s in samples]
-        if key in scalars:
+        if key in placed:
+            out[key] = placed[key]
+        elif key in scalars:
             out[key] = region.take(shapes[key], dtypes[key]).copy_(
                 torch.tensor(column, dtype=dtypes[key])
             )

@@ -93,6 +93,7 @@ class SlotPool:
         self.slots: list[Slot] = []
         self.reused = 0
         self.fallbacks = 0
+        self.in_place = 0  # batches whose camera tensors were built in their slot (arena)
         self.token = secrets.randbits(62)  # tells this pool's slots from any other's
         self._serials = itertools.count()
 
@@ -105,7 +106,9 @@ class SlotPool:
         held = sum(s.size for s in self.slots) - freed
         return limit is None or held == 0 or held + nbytes <= limit
 
-    def acquire(self, nbytes: int) -> Slot | None:
+    def acquire(self, nbytes: int, *, count: bool = True) -> Slot | None:
+        """A free slot of at least ``nbytes`` (marked busy), or None; ``count=False``: a
+        failure is not a fallback (the caller has another way to a slot)."""
         free = [s for s in self.slots if s.free]
         fitting = [s for s in free if s.capacity >= nbytes]
         if fitting:
@@ -122,7 +125,7 @@ class SlotPool:
             slot = self._new(nbytes)
             self.slots.append(slot)
         else:
-            self.fallbacks += 1
+            self.fallbacks += count
             return None
         slot.mm[0] = BUSY
         return slot
@@ -134,9 +137,9 @@ pool = per_process(SlotPool)  # this process's pool
 class Region:
     """Carves aligned, typed tensors out of a slot."""
 
-    def __init__(self, slot: Slot) -> None:
+    def __init__(self, slot: Slot, offset: int = HEADER) -> None:
         self.slot = slot
-        self.offset = HEADER
+        self.offset = offset
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         nbytes = math.prod(shape) * dtype.itemsize

@@ -23,6 +23,7 @@ def _memory_counts() -> dict[str, int]:
     return {
         "batch_slots_reused": slots.reused,
         "batch_slot_fallbacks": slots.fallbacks,
+        "batches_in_place": slots.in_place,
         "frame_buffers_reused": buffers.reused,
         "frame_buffers_allocated": buffers.allocated,
     }

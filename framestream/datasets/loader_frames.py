@@ -10,8 +10,9 @@ as the safe answer.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-__all__ = ["loader_batch", "persistent_worker"]
+__all__ = ["fetch_position", "loader_batch", "loader_fetcher", "persistent_worker"]
 
 
 def persistent_worker() -> bool:
@@ -46,3 +47,36 @@ def loader_batch() -> tuple[int, bool] | None:
             return len(index), bool(getattr(fetcher, "drop_last", False))
         frame = frame.f_back
     return None
+
+
+def _fetch_frame() -> Any:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "fetch" and "possibly_batched_index" in frame.f_locals:
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def loader_fetcher() -> Any:
+    """The DataLoader fetcher pulling from this iterator (its ``dataset``, ``collate_fn``,
+    ``auto_collation``), or None outside one."""
+    frame = _fetch_frame()
+    return None if frame is None else frame.f_locals.get("self")
+
+
+def fetch_position() -> tuple[int, int, int] | None:
+    """Where the sample being built goes: (id of the fetch's sample list, its index in the
+    batch, the batch size); None outside a batching fetch.
+
+    torch's fetcher appends each sample it pulls to a fresh list and collates the list, so
+    the list's length when the iterator is asked for a sample is that sample's index.
+    """
+    frame = _fetch_frame()
+    if frame is None:
+        return None
+    local = frame.f_locals
+    data = local.get("data")
+    if not isinstance(data, list):
+        return None
+    return id(data), len(data), len(local["possibly_batched_index"])

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from framestream.datasets.common import Publisher, check_not_all_skipped, open_source
+from framestream.datasets.in_batch import arena_for
 from framestream.datasets.lerobot_args import (
     LeRobotStreamingSurface,
     lerobot_stream_options,
@@ -273,7 +274,9 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
         ``decoder_cache_*`` count the open-decoder cache; ``byte_cache_*`` the remote byte
         cache. ``batch_slots_reused`` / ``batch_slot_fallbacks`` count batches that
         :func:`framestream.collate` wrote into a reused worker slot / into fresh shared memory
-        because every slot was still held; ``frame_buffers_*`` the recycled frame buffers.
+        because every slot was still held; ``batches_in_place`` the batches whose camera
+        tensors each sample wrote straight into that slot (no sample-sized copy);
+        ``frame_buffers_*`` the recycled frame buffers.
         Workers publish every 16 samples and when their stream ends, so mid-epoch figures may
         lag by up to 16 samples per worker.
         """
@@ -337,6 +340,7 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
         sch = stream.schedule
         total = sum(s.size for s in sch.segments)
         drained = max(total // 2, total - self.options.buffer_size // 2)
+        stream.arena = arena_for(self)  # camera tensors built in their batch's memory
         try:
             for sample in stream:
                 if ahead and sch.next_segment >= len(sch.segments) and sch.emitted >= drained:

@@ -75,6 +75,7 @@ class SegmentReader:
         depth_output_unit: str = "mm",
         pixel_format: str = "rgb",
         ledger: SegmentLedger,
+        camera_out: Callable[[str, Any], torch.Tensor | None] | None = None,
     ) -> None:
         self.segment = segment
         self.meta, self.spec, self.decoders = meta, spec, decoders
@@ -88,6 +89,7 @@ class SegmentReader:
         except FramestreamError as exc:  # name the dataset, like errors of sample()
             raise type(exc)(f"dataset {meta.source.url}: episode {segment.episode}: {exc}") from exc
         self.ledger = ledger
+        self.camera_out = camera_out
         self.cameras = {
             key: _CameraFrames(i, ledger.cameras[i].needed) for i, key in enumerate(meta.video_keys)
         }
@@ -234,4 +236,5 @@ class SegmentReader:
             image_transforms=self.image_transforms,
             depth_output_unit=self.depth_output_unit,
             python_scalars=True,
+            camera_out=self.camera_out,
         )

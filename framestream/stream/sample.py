@@ -154,6 +154,25 @@ def stack_frames(frames: Sequence[np.ndarray] | np.ndarray, *, channels_last: bo
     return tensor.permute(0, 3, 1, 2) if channels_last else tensor
 
 
+def write_frames(
+    frames: Sequence[np.ndarray] | np.ndarray, dest: torch.Tensor, *, return_uint8: bool
+) -> torch.Tensor:
+    """Frames in (C, H, W) order into ``dest``, the camera's output tensor ((T, C, H, W), or
+    (C, H, W) for one frame), as :func:`stack_frames` and :func:`image_to_output` would make
+    it: the same values, bit for bit, without the sample's own copy."""
+    rows = dest.view(-1, *dest.shape[-3:])
+    if return_uint8:
+        if isinstance(frames, np.ndarray):
+            np.copyto(rows.numpy(), frames)
+        else:
+            np.stack(frames, out=rows.numpy())
+    else:
+        for row, f in zip(rows, frames, strict=True):
+            row.copy_(torch.from_numpy(f))
+        dest.div_(255.0)
+    return dest
+
+
 def image_to_output(frames: torch.Tensor, *, return_uint8: bool) -> torch.Tensor:
     """uint8 (N, C, H, W) frames to the output dtype: float32 in [0, 1] unless ``return_uint8``.
 
@@ -195,6 +214,7 @@ def build_sample(
     channels_last: bool = False,
     depth_output_unit: str = "mm",
     python_scalars: bool = False,
+    camera_out: Callable[[str, Mapping[str, Any]], torch.Tensor | None] | None = None,
 ) -> dict[str, Any]:
     """The sample of ``frame`` of ``ep``, with LeRobot 0.6.1's keys, dtypes and shapes.
 
@@ -206,7 +226,9 @@ def build_sample(
     A video key with a one-step window is squeezed to (C, H, W) (LeRobot squeezes the
     decoder's T axis); other keys keep (T, ...) under a window. ``python_scalars`` gives
     scalar features outside a window as Python numbers, as LeRobot's streaming class does
-    (its map-style class gives 0-d tensors).
+    (its map-style class gives 0-d tensors). ``camera_out(key, sample so far)`` may give the
+    memory a plain RGB video camera's tensor is written into (its final shape and dtype,
+    contiguous): the batch slot it travels in (:mod:`framestream.batch.arena`).
     """
     out: dict[str, Any] = Sample()
     length = ep.length
@@ -234,18 +256,21 @@ def build_sample(
     for key in meta.camera_keys:
         feature = features[key]
         kind = dict(return_uint8=return_uint8, depth_output_unit=depth_output_unit)
-        if key in spec.offsets:
+        windowed = key in spec.offsets
+        if windowed:
             idx, pad = window_indices(frame, spec.offsets[key], length)
+        else:
+            idx, pad = np.array([frame]), None
+        dest = camera_out(key, out) if camera_out is not None else None
+        if dest is not None:  # the batch's memory (framestream.batch.arena), in place
+            img = write_frames(camera_frames(key, idx), dest, return_uint8=return_uint8)
+        else:
             frames = stack_frames(camera_frames(key, idx), channels_last=channels_last)
             img = _camera_output(frames, feature, **kind)
-            if feature.dtype == "video" and len(idx) == 1:
+            if not windowed or (feature.dtype == "video" and len(idx) == 1):
                 img = img[0]  # LeRobot squeezes a video's one-frame window
+        if pad is not None:
             out[f"{key}_is_pad"] = torch.from_numpy(pad)
-        else:
-            frames = stack_frames(
-                camera_frames(key, np.array([frame])), channels_last=channels_last
-            )
-            img = _camera_output(frames, feature, **kind)[0]
         if image_transforms is not None and not feature.is_depth:
             img = image_transforms(img)
         out[key] = img

@@ -33,6 +33,7 @@ FIELDS = (
     "decoder_cache_evictions",
     "batch_slots_reused",
     "batch_slot_fallbacks",
+    "batches_in_place",
     "frame_buffers_reused",
     "frame_buffers_allocated",
     "memory_budget_bytes",  # per worker (its current pass's), summed: all workers' together

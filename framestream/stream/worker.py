@@ -23,6 +23,7 @@ from framestream._errors import (
     TimestampToleranceError,
     VideoDecodeError,
 )
+from framestream.batch.arena import Arena
 from framestream.decode.video import DecoderCache, resolve_backend
 from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
@@ -230,6 +231,8 @@ class WorkerStream:
             backend=self.decoders.backend,
         )
         self._published: dict[str, int] = {}
+        # Set by the dataset for a pass whose samples go straight to framestream.collate.
+        self.arena: Arena | None = None
         if schedule.ledger is None:  # a schedule built without a memory model
             schedule.ledger = _ledger.Ledger(memory_model(meta, spec.window, opts))
             schedule.load_state_dict(schedule.state_dict())  # accounts what is open
@@ -259,6 +262,7 @@ class WorkerStream:
                 pixel_format=opts.pixel_format,
                 image_transforms=spec.image_transforms,
                 ledger=sch.ledger.segments[rid],
+                camera_out=self.arena.out if self.arena is not None else None,
             )
             self.readers[rid] = reader
         return reader
@@ -283,6 +287,8 @@ class WorkerStream:
                 self._publish()
                 return
             rid, frame = ref
+            if self.arena is not None:
+                self.arena.place()
             try:
                 reader = self._reader(rid)
                 sample = reader.sample(frame)

@@ -1,0 +1,135 @@
+"""framestream.batch.arena: camera tensors built in their batch slot, equal to the ordinary
+path, used only where every sample reaches framestream.collate in order, and never freed
+while a view of them lives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from framestream import StreamingLeRobotDataset, collate
+from framestream.batch import arena as _arena
+from framestream.batch import slots as _shm
+from framestream.bench.measure import torch_default_collate
+from framestream.format.meta import DatasetMeta
+from framestream.testing import decode_frame_id
+
+pytestmark = pytest.mark.skipif(not _shm.available(), reason="memfd_create is Linux-only")
+
+
+def _dataset(root, *, uint8: bool):
+    fps = DatasetMeta(str(root)).fps
+    dt = {
+        "observation.images.cam0": [-3 / fps, -1 / fps, 0.0],  # a window
+        "observation.state": [-1 / fps, 0.0],
+    }  # cam1: one frame, squeezed to (C, H, W)
+    return StreamingLeRobotDataset(str(root), return_uint8=uint8, delta_timestamps=dt, seed=5)
+
+
+@pytest.mark.parametrize("uint8", [True, False], ids=["uint8", "float32"])
+def test_in_place_batches_equal_the_ordinary_path(small_root, uint8):
+    ds = _dataset(small_root, uint8=uint8)
+    fast = DataLoader(ds, batch_size=6, num_workers=2, collate_fn=collate)
+    ref = DataLoader(
+        _dataset(small_root, uint8=uint8),
+        batch_size=6,
+        num_workers=2,
+        collate_fn=torch_default_collate,  # not framestream's: no arena
+    )
+    n = 0
+    for a, b in zip(fast, ref, strict=True):
+        assert a.keys() == b.keys()
+        for key, want in b.items():
+            if isinstance(want, torch.Tensor):
+                got = a[key]
+                assert got.dtype == want.dtype and torch.equal(got, want), key
+                assert got.is_contiguous() == want.is_contiguous(), key
+            else:
+                assert a[key] == want, key
+        for i in range(len(a["index"])):  # and the frames are the ones the indices say
+            ep, fr = int(a["episode_index"][i]), int(a["frame_index"][i])
+            fid = decode_frame_id(a["observation.images.cam1"][i])
+            assert (fid.episode, fid.frame, fid.camera) == (ep, fr, 1)
+        n += 1
+    assert n > 4
+    # Most batches were built in place (a batch whose slot was still held goes the ordinary
+    # way); the reference loader's collate never uses the arena.
+    assert ds.stats()["batches_in_place"] >= n // 2
+
+
+class _Wrapped(IterableDataset):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __iter__(self):
+        yield from self.inner
+
+
+def test_no_arena_unless_the_fetch_collates_this_dataset_with_framestream(small_root):
+    """A wrapping dataset or another collate_fn could reorder, drop or keep samples: their
+    tensors must be the samples' own."""
+    for make in (
+        lambda d: DataLoader(_Wrapped(d), batch_size=4, num_workers=1, collate_fn=collate),
+        lambda d: DataLoader(d, batch_size=4, num_workers=1, collate_fn=lambda b: collate(b)),
+    ):
+        ds = _dataset(small_root, uint8=True)
+        batches = sum(1 for _ in make(ds))
+        assert batches > 0
+        assert ds.stats()["batches_in_place"] == 0
+
+
+def _layout():
+    return [_arena.CameraLayout("cam", (2, 3, 4, 4), torch.uint8)]
+
+
+def test_an_unclaimed_slot_is_freed_only_when_its_last_view_is_gone():
+    where = [(1, 0, 2)]
+    arena = _arena.Arena(_layout(), lambda: where[0])
+    samples = []
+    for i in range(2):
+        where[0] = (1, i, 2)
+        arena.place()
+        view = arena.out("cam", {})
+        assert view is not None and view.shape == (2, 3, 4, 4)
+        view.fill_(i + 1)
+        samples.append({"cam": view})
+    slot = _arena._current[0].slot
+    assert not slot.free
+    # Out of order: not where the arena put them, so nothing is claimed ...
+    assert _arena.claim(samples[::-1], lambda keys: 0) is None
+    keep = samples[1]["cam"][0]  # ... and a view that outlives the batch keeps the slot busy
+    del samples, view
+    _arena._current[0] = None  # the next batch starts
+    assert not slot.free and int(keep.sum()) == 2 * keep.numel()
+    del keep
+    assert slot.free
+
+
+def test_claimed_batch_is_the_slot_views_and_left_to_the_batch():
+    where = [(7, 0, 3)]
+    arena = _arena.Arena(_layout(), lambda: where[0])
+    samples = []
+    for i in range(3):
+        where[0] = (7, i, 3)
+        arena.place()
+        view = arena.out("cam", {"x": 1})
+        view.fill_(10 + i)
+        samples.append({"cam": view, "x": i})
+    slot, start, placed = _arena.claim(samples, lambda keys: 64)
+    assert placed["cam"].shape == (3, 2, 3, 4, 4)
+    assert [int(placed["cam"][i].float().mean()) for i in range(3)] == [10, 11, 12]
+    assert start % _shm.ALIGN == 0 and start >= _shm.HEADER
+    del samples, placed
+    assert not slot.free  # claimed: the batch (a SlotBatch, then the training process) frees it
+    slot.mm[0] = _shm.FREE
+
+
+def test_a_sample_in_the_middle_of_an_unknown_batch_gets_no_slot_memory():
+    arena = _arena.Arena(_layout(), lambda: (99, 2, 4))  # joined mid-batch
+    _arena._current[0] = None
+    arena.place()
+    assert arena.out("cam", {}) is None
+    arena2 = _arena.Arena(_layout(), lambda: None)  # not in a fetch
+    arena2.place()
+    assert arena2.out("cam", {}) is None
