@@ -112,6 +112,7 @@ def _collate_in_slot(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | N
         elif (dt := _scalar_dtype(column)) is not None:
             shapes[k], dtypes[k] = (n,), dt
             scalars.add(k)
+
     def bytes_of(keys: Any) -> int:
         return sum(_shm.nbytes_of(shapes[k], dtypes[k]) for k in keys)
 
