@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from framestream._errors import (
     TimestampToleranceError,
     VideoDecodeError,
 )
-from framestream.batch.arena import Arena
 from framestream.decode.video import DecoderCache, resolve_backend
 from framestream.format.checks import declared_frame_shape
 from framestream.format.meta import DatasetMeta
@@ -184,6 +183,14 @@ def _skip_reason(exc: Exception) -> str:
     return "skipped_data_errors"
 
 
+class Placer(Protocol):
+    """Where each sample's camera tensors are built (:class:`framestream.batch.arena.Arena`)."""
+
+    def place(self) -> None: ...
+
+    def out(self, key: str, sample: Any) -> torch.Tensor | None: ...
+
+
 class WorkerStream:
     """Streams the samples ``schedule`` names, opening readers as their samples come due.
 
@@ -232,7 +239,7 @@ class WorkerStream:
         )
         self._published: dict[str, int] = {}
         # Set by the dataset for a pass whose samples go straight to framestream.collate.
-        self.arena: Arena | None = None
+        self.arena: Placer | None = None
         if schedule.ledger is None:  # a schedule built without a memory model
             schedule.ledger = _ledger.Ledger(memory_model(meta, spec.window, opts))
             schedule.load_state_dict(schedule.state_dict())  # accounts what is open
