@@ -133,3 +133,27 @@ def test_a_sample_in_the_middle_of_an_unknown_batch_gets_no_slot_memory():
     arena2 = _arena.Arena(_layout(), lambda: None)  # not in a fetch
     arena2.place()
     assert arena2.out("cam", {}) is None
+
+
+def test_samples_built_before_the_slot_was_free_are_copied_into_their_place():
+    """The last batch's slot still held at a batch's first sample: the arena takes a slot at
+    a later one, and claim copies the earlier samples (built in their own memory) in."""
+    where = [(3, 0, 3)]
+    arena = _arena.Arena(_layout(), lambda: where[0])
+    _arena._current[0] = None
+    arena.place()
+    own = torch.full((2, 3, 4, 4), 5, dtype=torch.uint8)  # sample 0: no slot was free
+    samples = [{"cam": own}]
+    for i in (1, 2):
+        where[0] = (3, i, 3)
+        arena.place()
+        view = arena.out("cam", {})
+        assert view is not None
+        view.fill_(6 + i)
+        samples.append({"cam": view})
+    # Samples that are not the ones placed (here: in another order) are never claimed.
+    assert _arena.claim([samples[0], samples[2], samples[1]], lambda keys: 0) is None
+    slot, _, placed = _arena.claim(samples, lambda keys: 0)
+    assert [int(placed["cam"][i].float().mean()) for i in range(3)] == [5, 7, 8]
+    del samples, placed, view
+    slot.mm[0] = _shm.FREE

@@ -62,12 +62,14 @@ class _Batch:
             at += _shm.nbytes_of((size, *cam.shape), cam.dtype)
         self.end = at
         self.claimed = [False]
+        self.handed: set[int] = set()  # indices of samples given memory here
         # A storage of its own, so the views handed to samples tell when they are all gone.
         owner = np.frombuffer(slot.mm, dtype=np.uint8)
         self.memory = torch.from_numpy(owner)
         weakref.finalize(owner, _free_unless_claimed, slot.mm, self.claimed)
 
     def view(self, cam: CameraLayout, index: int) -> torch.Tensor:
+        self.handed.add(index)
         start = self.offsets[cam.key] + index * cam.nbytes
         return self.memory[start : start + cam.nbytes].view(cam.dtype).view(cam.shape)
 
@@ -107,28 +109,31 @@ class Arena:
         if position is None:
             return
         fetch, index, size = position
-        batch = _current[0]
-        if index == 0 or batch is None or (batch.fetch, batch.size) != (fetch, size):
+        if index >= size:
+            return
+        if index == 0 or self._fetch != (fetch, size):
+            # A new batch, or one this arena did not see start: the last one is done with.
             _current[0] = None
             self._fetch = (fetch, size) if index == 0 else None
             if index != 0:
                 return
-        if index < size:
-            self._index = index
+        self._index = index
 
     def out(self, key: str, sample: Mapping[str, Any]) -> torch.Tensor | None:
         """The memory of camera ``key`` of the sample being built (``sample``: its keys built
-        so far, which size the slot at a batch's first sample), or None."""
+        so far, which size the slot when the batch's first slot memory is asked for), or
+        None. A batch whose slot is not free yet (the last one still held) gets it at a
+        later sample: the earlier ones are copied into it by :func:`claim`."""
         cam = self.cameras.get(key)
         if cam is None or self._index is None:
             return None
         batch = _current[0]
         if batch is None:
-            if self._index != 0 or self._fetch is None:
+            if self._fetch is None:
                 return None
             batch = self._open(sample, *self._fetch)
             if batch is None:
-                self._index = None  # no slot free: this batch is collated the ordinary way
+                self._index = None  # no slot free yet: this sample is built in its own memory
                 return None
         return batch.view(cam, self._index)
 
@@ -152,31 +157,41 @@ def claim(
     samples: Sequence[Mapping[str, Any]], other_bytes: Callable[[set[str]], int]
 ) -> tuple[_shm.Slot, int, dict[str, Any]] | None:
     """The slot the arena filled with these samples' camera tensors, the offset where the
-    other keys may start, and each camera's batch tensor; None if they are not all exactly in
-    place or the other keys (``other_bytes(camera keys)``) would not fit after them. Then
-    nothing is claimed, and the slot is freed with its last view."""
+    other keys may start, and each camera's batch tensor. Samples built before the slot was
+    had are copied into their place in it. None if a sample given slot memory is not exactly
+    in its place (these are not the samples the arena placed) or the other keys
+    (``other_bytes(camera keys)``) would not fit: then nothing is claimed, and the slot is
+    freed with its last view."""
     batch = _current[0]
     n = len(samples)
-    if batch is None or batch.claimed[0] or not 0 < n <= batch.size:
+    if batch is None or batch.claimed[0] or not max(batch.handed, default=-1) < n <= batch.size:
         return None
     base = batch.slot.tensor.data_ptr()
     out: dict[str, Any] = {}
+    copies: list[tuple[CameraLayout, int, torch.Tensor]] = []  # built before the slot was had
     for cam in batch.cameras:
         at = batch.offsets[cam.key]
         for i, sample in enumerate(samples):
             t = sample.get(cam.key)
             if (
                 not isinstance(t, torch.Tensor)
-                or t.data_ptr() != base + at + i * cam.nbytes
                 or t.dtype != cam.dtype
                 or tuple(t.shape) != cam.shape
                 or not t.is_contiguous()
             ):
                 return None
+            ptr = t.data_ptr()
+            if ptr == base + at + i * cam.nbytes:
+                continue
+            if i in batch.handed or base <= ptr < base + batch.slot.size:
+                return None  # not the samples the slot was given to, or not in their place
+            copies.append((cam, i, t))
         view = batch.slot.tensor[at : at + n * cam.nbytes]
         out[cam.key] = view.view(cam.dtype).view(n, *cam.shape)
     if batch.end + other_bytes(set(out)) > batch.slot.size:
         return None
+    for cam, i, t in copies:
+        batch.view(cam, i).copy_(t)
     batch.claimed[0] = True
     _shm.pool().in_place += 1
     _current[0] = None
