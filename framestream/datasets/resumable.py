@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from framestream._errors import StateDictError
+from framestream.stream.budget import schedule_config
 from framestream.stream.epoch import EpochClock
 from framestream.stream.resume import Start, start_schedule
 from framestream.stream.state import (
@@ -24,7 +25,7 @@ from framestream.stream.state import (
     StreamPosition,
     parse_state,
 )
-from framestream.stream.worker import WorkerStream, schedule_config
+from framestream.stream.worker import WorkerStream
 
 __all__ = ["Resumable"]
 

@@ -26,7 +26,7 @@ def _opt(default: Any, doc: str, *, minimum: float | None = None, size: bool = F
 
 # Per DataLoader worker; chosen so that a worker streaming the benchmark dataset (2 cameras,
 # 240x320) at the defaults peaks under 512 MB of RSS, interpreter and torch included (README,
-# "Memory"). "auto" raises it for long camera windows (stream.worker.resolve_budget), up to
+# "Memory"). "auto" raises it for long camera windows (stream.budget.resolve_budget), up to
 # AUTO_MAX_MEMORY_BUDGET.
 DEFAULT_MEMORY_BUDGET = 112 << 20
 AUTO_MAX_MEMORY_BUDGET = 1 << 30
