@@ -37,12 +37,20 @@ def test_auto_budget_makes_room_for_the_open_episodes_windows(meta):
     single = StreamingLeRobotDataset(meta.source.url, meta=meta, return_uint8=True)
     assert single.options.memory_budget == "auto"
     assert memory_model(single.meta, single.window, single.options).budget == DEFAULT_MEMORY_BUDGET
+
+    def formula(ds, shards: int) -> int:
+        base = memory_model(ds.meta, ds.window, StreamOptions.build(ds.options, memory_budget=None))
+        spans = [int(np.ptp(ds.window.frame_offsets(k))) for k in meta.video_keys]
+        span_bytes = sum(s * b for s, b in zip(spans, base.frame_bytes, strict=True))
+        return int((base.fixed_bytes + max(AUTO_MIN_FRAMES_BYTES, shards * span_bytes)) / (5 / 8))
+
     ds, budget = _auto(meta, 1.0, active_shards=4)
     base = memory_model(ds.meta, ds.window, StreamOptions.build(ds.options, memory_budget=None))
-    spans = [int(np.ptp(ds.window.frame_offsets(k))) for k in meta.video_keys]
-    span_bytes = sum(s * b for s, b in zip(spans, base.frame_bytes, strict=True))
-    want = int((base.fixed_bytes + max(AUTO_MIN_FRAMES_BYTES, 4 * span_bytes)) / (5 / 8))
-    assert budget == max(want, DEFAULT_MEMORY_BUDGET)
+    assert budget == max(formula(ds, 4), DEFAULT_MEMORY_BUDGET)
+    # A window long enough that the formula, not the 112 MB floor, decides.
+    long, long_budget = _auto(meta, 10.0, active_shards=32)
+    assert DEFAULT_MEMORY_BUDGET < formula(long, 32) < AUTO_MAX_MEMORY_BUDGET
+    assert long_budget == formula(long, 32)
     # more open episodes, more room; an explicit budget is kept as given
     assert _auto(meta, 1.0, active_shards=8)[1] >= budget
     assert _auto(meta, 1.0, memory_budget="64MB")[1] == 64 << 20
