@@ -27,10 +27,15 @@ def _dataset(root, *, uint8: bool):
     return StreamingLeRobotDataset(str(root), return_uint8=uint8, delta_timestamps=dt, seed=5)
 
 
-@pytest.mark.parametrize("uint8", [True, False], ids=["uint8", "float32"])
-def test_in_place_batches_equal_the_ordinary_path(small_root, uint8):
+@pytest.mark.parametrize(
+    ("uint8", "collate_fn"),
+    [(True, collate), (False, collate), (True, None)],
+    ids=["uint8", "float32", "torch-default-collate"],
+)
+def test_in_place_batches_equal_the_ordinary_path(small_root, uint8, collate_fn):
     ds = _dataset(small_root, uint8=uint8)
-    fast = DataLoader(ds, batch_size=6, num_workers=2, collate_fn=collate)
+    # None: torch's default_collate, which hands framestream's samples to collate
+    fast = DataLoader(ds, batch_size=6, num_workers=2, collate_fn=collate_fn)
     ref = DataLoader(
         _dataset(small_root, uint8=uint8),
         batch_size=6,
