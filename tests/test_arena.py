@@ -88,23 +88,30 @@ def _layout():
     return [_arena.CameraLayout("cam", (2, 3, 4, 4), torch.uint8)]
 
 
-def test_an_unclaimed_slot_is_freed_only_when_its_last_view_is_gone():
-    where = [(1, 0, 2)]
+def _placed(fetch: int, size: int, indices, fill: int, built=None):
+    """Samples ``indices`` of one fetch placed by a fresh arena, camera filled ``fill + i``
+    (``built``: the keys built before the camera)."""
+    where = [(fetch, 0, size)]
     arena = _arena.Arena(_layout(), lambda: where[0])
     samples = []
-    for i in range(2):
-        where[0] = (1, i, 2)
+    for i in indices:
+        where[0] = (fetch, i, size)
         arena.place()
-        view = arena.out("cam", {})
+        view = arena.out("cam", built or {})
         assert view is not None and view.shape == (2, 3, 4, 4)
-        view.fill_(i + 1)
+        view.fill_(fill + i)
         samples.append({"cam": view})
+    return arena, samples
+
+
+def test_an_unclaimed_slot_is_freed_only_when_its_last_view_is_gone():
+    _, samples = _placed(1, 2, range(2), 1)
     slot = _arena._current[0].slot
     assert not slot.free
     # Out of order: not where the arena put them, so nothing is claimed ...
     assert _arena.claim(samples[::-1], lambda keys: 0) is None
     keep = samples[1]["cam"][0]  # ... and a view that outlives the batch keeps the slot busy
-    del samples, view
+    del samples
     _arena._current[0] = None  # the next batch starts
     assert not slot.free and int(keep.sum()) == 2 * keep.numel()
     del keep
@@ -112,15 +119,9 @@ def test_an_unclaimed_slot_is_freed_only_when_its_last_view_is_gone():
 
 
 def test_claimed_batch_is_the_slot_views_and_left_to_the_batch():
-    where = [(7, 0, 3)]
-    arena = _arena.Arena(_layout(), lambda: where[0])
-    samples = []
-    for i in range(3):
-        where[0] = (7, i, 3)
-        arena.place()
-        view = arena.out("cam", {"x": 1})
-        view.fill_(10 + i)
-        samples.append({"cam": view, "x": i})
+    _, samples = _placed(7, 3, range(3), 10, built={"x": 1})
+    for i, sample in enumerate(samples):
+        sample["x"] = i
     slot, start, placed = _arena.claim(samples, lambda keys: 64)
     assert placed["cam"].shape == (3, 2, 3, 4, 4)
     assert [int(placed["cam"][i].float().mean()) for i in range(3)] == [10, 11, 12]

@@ -1,8 +1,9 @@
 """What torch's DataLoader decides for a worker but does not tell its dataset.
 
-The dataset adapts to two of those: whether the worker outlives the pass (it then builds the
-next pass ahead) and the batches it is asked for (a restored state that cannot fill one is
-spent under ``drop_last``). torch passes them as arguments of frames that are running while
+The dataset adapts to three of those: whether the worker outlives the pass (it then builds
+the next pass ahead), the batches it is asked for (a restored state that cannot fill one is
+spent under ``drop_last``) and where each sample lands in its batch (its camera tensors are
+then built in the batch's memory). torch passes them as arguments of frames that are running while
 the dataset iterates, so they are read there; unknown (another loader, another torch) reads
 as the safe answer.
 """
@@ -37,19 +38,18 @@ def loader_batch() -> tuple[int, bool] | None:
     torch does not expose them to the dataset; its fetcher asks this iterator for one batch
     at a time: read them from that frame (as :func:`persistent_worker` does).
     """
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "fetch" and "possibly_batched_index" in frame.f_locals:
-            fetcher = frame.f_locals.get("self")
-            if not getattr(fetcher, "auto_collation", False):
-                return None
-            index = frame.f_locals["possibly_batched_index"]
-            return len(index), bool(getattr(fetcher, "drop_last", False))
-        frame = frame.f_back
-    return None
+    frame = _fetch_frame()
+    if frame is None:
+        return None
+    fetcher = frame.f_locals.get("self")
+    if not getattr(fetcher, "auto_collation", False):
+        return None
+    index = frame.f_locals["possibly_batched_index"]
+    return len(index), bool(getattr(fetcher, "drop_last", False))
 
 
 def _fetch_frame() -> Any:
+    """The running frame of torch's fetcher ``fetch`` (None: not inside one)."""
     frame = sys._getframe(2)
     while frame is not None:
         if frame.f_code.co_name == "fetch" and "possibly_batched_index" in frame.f_locals:
