@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+import warnings
 from multiprocessing.reduction import ForkingPickler
 
 import pytest
@@ -195,3 +198,48 @@ def test_later_batches_name_the_slot_and_a_missed_first_batch_is_recovered():
     assert (slot.token, slot.serial) in _shm._MAPPED
     again = pickle.loads(ForkingPickler.dumps(_shm.SlotBatch(slot, {"x": t})))
     assert again["x"].tolist() == [4, 3, 2, 1]
+
+
+def test_a_slot_held_long_after_its_batch_is_reported_once():
+    pool = _shm.SlotPool(max_slots=2)
+    kept = pool.acquire(1000)  # a batch whose view the training loop keeps: never freed
+    other = pool.acquire(1000)
+    # Both held right after being handed out: prefetching, not a kept view; no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pool.acquire(1000) is None
+    for _ in range(_shm.PINNED_AFTER):
+        other.mm[0] = _shm.FREE
+        assert pool.acquire(1000) is other
+    with pytest.warns(UserWarning, match=r"still held \d+ batches later.*\.clone\(\)"):
+        assert pool.acquire(1000) is None
+    assert not kept.free and pool.warned_pinned
+    with warnings.catch_warnings():  # once per worker
+        warnings.simplefilter("error")
+        assert pool.acquire(1000) is None
+
+
+_KEEP_VIEWS = """
+import sys
+from torch.utils.data import DataLoader
+from framestream import StreamingLeRobotDataset, collate
+ds = StreamingLeRobotDataset(sys.argv[1], return_uint8=True, seed=3)
+dl = DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate, timeout=120)
+kept = [batch["index"] for batch in dl]  # views: each pins its batch's slot
+print(len(kept), ds.stats()["batch_slot_fallbacks"])
+"""
+
+
+def test_a_training_loop_keeping_views_of_its_batches_is_told(small_root):
+    # In a process of its own: pytest records warnings, and a forked worker would inherit that.
+    run = subprocess.run(
+        [sys.executable, "-c", _KEEP_VIEWS, str(small_root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    batches, fallbacks = (int(x) for x in run.stdout.split())
+    assert batches > _shm.PINNED_AFTER + _shm.MAX_SLOTS and fallbacks > 0
+    assert run.stderr.count("still held") == 1
+    assert "batch['index']" in run.stderr and "worker pid" in run.stderr

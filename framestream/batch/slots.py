@@ -29,6 +29,7 @@ import math
 import mmap
 import os
 import secrets
+import warnings
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,10 @@ ALIGN = 64
 # Per worker: the batches in flight (prefetch_factor 2: two queued, one being consumed) and
 # one to spare. They stay allocated while the worker lives: up to MAX_SLOTS batches of memory.
 MAX_SLOTS = 4
+# A slot still busy after this many later batches of its worker is held by the training
+# process, not in flight (prefetching keeps prefetch_factor batches per worker queued): some
+# tensor of an old batch is still referenced. Reported once per worker, when it costs a batch.
+PINNED_AFTER = 64
 
 
 def available() -> bool:
@@ -62,6 +67,7 @@ class Slot:
     def __init__(self, capacity: int, *, token: int = 0, serial: int = 0) -> None:
         self.token, self.serial = token, serial  # the slot's name in the training process
         self.fd_sent = False
+        self.busy_at = 0  # the pool's acquisition count when the slot was last handed out
         self.size = HEADER + _round(capacity, mmap.PAGESIZE)
         self.fd = os.memfd_create("framestream-batch", os.MFD_CLOEXEC)
         try:
@@ -96,6 +102,8 @@ class SlotPool:
         self.in_place = 0  # batches whose camera tensors were built in their slot (arena)
         self.token = secrets.randbits(62)  # tells this pool's slots from any other's
         self._serials = itertools.count()
+        self.acquisitions = 0  # batches given a slot or sent to fresh memory
+        self.warned_pinned = False
 
     def _new(self, nbytes: int) -> Slot:
         return Slot(nbytes, token=self.token, serial=next(self._serials))
@@ -125,10 +133,32 @@ class SlotPool:
             slot = self._new(nbytes)
             self.slots.append(slot)
         else:
-            self.fallbacks += count
+            if count:
+                self.fallbacks += 1
+                self.acquisitions += 1
+                self._warn_if_pinned()
             return None
+        self.acquisitions += 1
+        slot.busy_at = self.acquisitions
         slot.mm[0] = BUSY
         return slot
+
+    def _warn_if_pinned(self) -> None:
+        """Say so (once) when a slot is held long after its batch: a kept view, not prefetch."""
+        if self.warned_pinned:
+            return
+        held = [self.acquisitions - s.busy_at for s in self.slots if not s.free]
+        if not held or max(held) < PINNED_AFTER:
+            return
+        self.warned_pinned = False
+        warnings.warn(
+            f"framestream.collate (DataLoader worker pid {os.getpid()}): a batch's shared "
+            f"memory slot is still held {max(held)} batches later, so a tensor of that batch "
+            "(or a view of one, such as batch['index']) is still referenced; with every slot "
+            "held, batches go to fresh shared memory, which is slower "
+            "(stats()['batch_slot_fallbacks'] counts them). .clone() what you keep past a step.",
+            stacklevel=3,
+        )
 
 
 pool = per_process(SlotPool)  # this process's pool
