@@ -346,3 +346,21 @@ def test_exact_resume_in_dataloader_workers_with_the_budget_limiting(meta):
     state = json.loads(json.dumps(first.state_dict()))
     rest = ids(loader(state))
     assert head + rest == want and len(want) == meta.total_frames
+
+
+def test_idle_frame_buffers_are_bounded_by_the_frames_share(meta):
+    from framestream.decode import buffers
+
+    budget = budget_for(meta, 48)
+    ds = make(meta, budget)
+    it = iter(ds)
+    next(it)
+    frames_budget = ds._stream.schedule.ledger.model.frames_budget
+    assert frames_budget is not None and frames_budget < buffers.MAX_FREE_BYTES
+    assert buffers.pool().max_free_bytes == frames_budget
+    for _ in it:
+        pass
+    assert buffers.pool()._free_bytes <= frames_budget
+    unbounded = make(meta, None)
+    next(iter(unbounded))
+    assert buffers.pool().max_free_bytes == buffers.MAX_FREE_BYTES

@@ -9,7 +9,8 @@ when the last tensor or array viewing them is gone, and the next sample of the s
 reuses them, already mapped.
 
 A buffer that is never freed (a caller keeping samples) is simply not reused; the free list
-is bounded, so the pool never holds more than ``MAX_FREE_BYTES`` of idle memory.
+is bounded: a streaming worker caps its idle memory at the frames' share of its memory budget
+(``MAX_FREE_BYTES`` without a budget), so recycling cannot take RSS past the budget's model.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from framestream._errors import (
     TimestampToleranceError,
     VideoDecodeError,
 )
+from framestream.decode import buffers as _buffers
 from framestream.decode.video import DecoderCache, resolve_backend
 from framestream.format.meta import DatasetMeta
 from framestream.format.tables import TableReader
@@ -139,6 +140,10 @@ class WorkerStream:
         model = schedule.ledger.model
         _ledger.set_batch_reserve(
             _ledger.batch_share(model.budget) if model.budget is not None else None
+        )
+        # Idle recycled frame buffers count against the frames' share too (else 512 MB).
+        _buffers.pool().max_free_bytes = (
+            model.frames_budget if model.frames_budget is not None else _buffers.MAX_FREE_BYTES
         )
 
     # ------------------------------------------------------------ reading
