@@ -171,6 +171,32 @@ def test_resume_inside_the_second_pass_is_exact(root, kind):
     assert third == pinned_epoch(root, 2, nw)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("taken", ["after_the_loop", "at_the_last_batch"])
+def test_stateful_loader_state_at_an_epochs_end(root, total, num_workers, taken):
+    """What the README says of a StatefulDataLoader state saved when epoch 0 ends: after the
+    loop, the next pass is epoch 1; inside it at a short last batch, torchdata resumes its own
+    "ended" flag into an empty pass, and the pass after it is epoch 1 (not skipped)."""
+    ds = make(root)
+    wait = 120 if num_workers else 0
+    dl = StatefulDataLoader(ds, batch_size=B, num_workers=num_workers, timeout=wait)
+    assert total % B, "the last batch must be short for torchdata's loader to see the end"
+    batches = len(list(dl))
+    ds.set_epoch(0)
+    for j, _ in enumerate(dl):
+        if taken == "at_the_last_batch" and j == batches - 1:
+            state = dl.state_dict()
+    if taken == "after_the_loop":
+        state = dl.state_dict()
+    dl2 = StatefulDataLoader(make(root), batch_size=B, num_workers=num_workers, timeout=wait)
+    dl2.load_state_dict(json.loads(json.dumps(state)))
+    passes = [flat(dl2), flat(dl2)]
+    if taken == "after_the_loop":
+        assert passes == [pinned_epoch(root, 1, num_workers), pinned_epoch(root, 2, num_workers)]
+    else:
+        assert passes == [[], pinned_epoch(root, 1, num_workers)]
+
+
 # ------------------------------------------------------------------------- 18.2
 @pytest.fixture(scope="module")
 def broken_root(root, tmp_path_factory) -> Path:
