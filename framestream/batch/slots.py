@@ -150,7 +150,7 @@ class SlotPool:
         held = [self.acquisitions - s.busy_at for s in self.slots if not s.free]
         if not held or max(held) < PINNED_AFTER:
             return
-        self.warned_pinned = False
+        self.warned_pinned = True
         warnings.warn(
             f"framestream.collate (DataLoader worker pid {os.getpid()}): a batch's shared "
             f"memory slot is still held {max(held)} batches later, so a tensor of that batch "
