@@ -55,25 +55,23 @@ class _Batch:
 
     def __init__(self, slot: _shm.Slot, cameras: Sequence[CameraLayout], size: int, fetch: int):
         self.slot, self.cameras, self.size, self.fetch = slot, tuple(cameras), size, fetch
-        self.offsets: dict[str, int] = {}
-        at = _shm.HEADER
-        for cam in self.cameras:
-            self.offsets[cam.key] = at
-            at += _shm.nbytes_of((size, *cam.shape), cam.dtype)
-        self.end = at
         self.claimed = [False]
         self.handed: set[int] = set()  # indices of samples given memory here
         # A storage of its own, so the views handed to samples tell when they are all gone.
         owner = np.frombuffer(slot.mm, dtype=np.uint8)
         self.memory = torch.from_numpy(owner)
         weakref.finalize(owner, _free_unless_claimed, slot.mm, self.claimed)
-        # Each camera's (size, ...) tensor, made once: a sample's memory is then one index
-        # (a slice and two views per sample and camera cost ~3 % of a worker's time).
-        self.columns = {
-            cam.key: self.memory[at : at + size * cam.nbytes].view(cam.dtype).view(size, *cam.shape)
-            for cam in self.cameras
-            for at in [self.offsets[cam.key]]
-        }
+        # Each camera's offset and (size, ...) tensor, made once: a sample's memory is then one
+        # index (a slice and two views per sample and camera cost ~3 % of a worker's time).
+        self.offsets: dict[str, int] = {}
+        self.columns: dict[str, torch.Tensor] = {}
+        at = _shm.HEADER
+        for cam in self.cameras:
+            self.offsets[cam.key] = at
+            column = self.memory[at : at + size * cam.nbytes]
+            self.columns[cam.key] = column.view(cam.dtype).view(size, *cam.shape)
+            at += _shm.nbytes_of((size, *cam.shape), cam.dtype)
+        self.end = at
 
     def view(self, cam: CameraLayout, index: int) -> torch.Tensor:
         self.handed.add(index)
