@@ -103,3 +103,16 @@ def test_forked_child_gets_its_own_pool():
     assert allocated < 12345
     assert stable
     assert _buffers.pool() is parent
+
+
+def test_lowering_the_cap_drops_spare_buffers_beyond_it():
+    pool = BufferPool()
+    held = [pool.take((1000,)) for _ in range(5)]
+    del held  # all five back on the free list
+    assert pool._free_bytes == 5000
+    pool.set_max_free_bytes(2500)
+    assert pool._free_bytes == 2000 and pool.max_free_bytes == 2500
+    kept = [pool.take((1000,)) for _ in range(3)]
+    assert pool.reused == 2 and pool.allocated == 6
+    del kept
+    assert pool._free_bytes == 2000  # the third does not fit back under the cap

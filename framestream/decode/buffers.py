@@ -61,6 +61,14 @@ class BufferPool:
         weakref.finalize(view, self._give_back, base).atexit = False
         return torch.from_numpy(view)
 
+    def set_max_free_bytes(self, nbytes: int) -> None:
+        """Cap idle memory at ``nbytes``, dropping spare buffers beyond it now."""
+        with self._lock:
+            self.max_free_bytes = nbytes
+            for spares in self._free.values():
+                while spares and self._free_bytes > nbytes:
+                    self._free_bytes -= spares.pop().nbytes
+
     def _give_back(self, base: np.ndarray) -> None:
         with self._lock:
             if self._free_bytes + base.nbytes <= self.max_free_bytes:

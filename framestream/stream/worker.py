@@ -142,7 +142,7 @@ class WorkerStream:
             _ledger.batch_share(model.budget) if model.budget is not None else None
         )
         # Idle recycled frame buffers count against the frames' share too (else 512 MB).
-        _buffers.pool().max_free_bytes = (
+        _buffers.pool().set_max_free_bytes(
             model.frames_budget if model.frames_budget is not None else _buffers.MAX_FREE_BYTES
         )
 
