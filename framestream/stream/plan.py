@@ -33,6 +33,7 @@ small share, lead segments stay whole.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,24 +75,24 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 def _detect_rank() -> tuple[int, int]:
     env = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    try:
-        from accelerate.state import PartialState
-
-        if PartialState._shared_state:  # initialised by Accelerator() / accelerate launch
-            state = PartialState()
-            acc = int(state.process_index), int(state.num_processes)
-            # On a machine without GPUs, Accelerate built without cpu=True reports a single
-            # process even under a multi-process launcher: trusting it would make every rank
-            # read the whole dataset. The launcher's WORLD_SIZE wins then.
-            if acc[1] > 1 or env[1] == 1:
-                return acc
-            warnings.warn(
-                f"Accelerate reports 1 process but WORLD_SIZE={env[1]}; using RANK/WORLD_SIZE "
-                "(on CPU, create the Accelerator with cpu=True)",
-                stacklevel=3,
-            )
-    except ImportError:
-        pass
+    # Accelerate's state exists only where Accelerate was imported (here, or in the parent a
+    # DataLoader worker forks from): importing it just to look costs a worker ~1.3 s before
+    # its first sample.
+    partial_state = getattr(sys.modules.get("accelerate.state"), "PartialState", None)
+    if partial_state is not None and getattr(partial_state, "_shared_state", None):
+        # initialised by Accelerator() / accelerate launch
+        state = partial_state()
+        acc = int(state.process_index), int(state.num_processes)
+        # On a machine without GPUs, Accelerate built without cpu=True reports a single
+        # process even under a multi-process launcher: trusting it would make every rank
+        # read the whole dataset. The launcher's WORLD_SIZE wins then.
+        if acc[1] > 1 or env[1] == 1:
+            return acc
+        warnings.warn(
+            f"Accelerate reports 1 process but WORLD_SIZE={env[1]}; using RANK/WORLD_SIZE "
+            "(on CPU, create the Accelerator with cpu=True)",
+            stacklevel=3,
+        )
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
