@@ -5,6 +5,8 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from multiprocessing.reduction import ForkingPickler
 
@@ -109,6 +111,41 @@ def test_pool_acquire_release_and_fallback():
     big = pool.acquire(10 * b.capacity)  # no free slot fits and no room: b is replaced
     assert big is not None and big is not b and big.capacity >= 10 * b.capacity
     assert b not in pool.slots
+
+
+def test_a_held_slot_is_waited_for_once_it_is_due_not_when_kept(monkeypatch):
+    sleeps = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(_shm.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    pool = _shm.SlotPool(max_slots=1)
+    slot = pool.acquire(1000)
+    pool.period = 0.5  # as if this worker's batches came every half second
+    # Freed while the worker waits (the training process dropping the last batch): no
+    # fallback, the same slot.
+    timer = threading.Timer(0.05, lambda: slot.mm.__setitem__(0, _shm.FREE))
+    timer.start()
+    assert pool.acquire(1000, wait=True) is slot
+    assert pool.waits == 1 and pool.fallbacks == 0 and pool.reused == 1 and sleeps
+    # Not freed: the wait ends at its bound (at least WAIT_MIN_S) and the batch falls back;
+    # the next one does not wait again until a slot is found free.
+    sleeps.clear()
+    t0 = time.monotonic()
+    assert pool.acquire(1000, wait=True) is None
+    assert time.monotonic() - t0 >= _shm.WAIT_MIN_S and sleeps
+    assert pool.fallbacks == 1 and pool.waits == 1
+    sleeps.clear()
+    assert pool.acquire(1000, wait=True) is None and pool.fallbacks == 2 and not sleeps
+    slot.mm[0] = _shm.FREE
+    assert pool.acquire(1000, wait=True) is slot  # found free: waiting is allowed again
+    # A slot held PINNED_AFTER batches (a kept batch, not one in flight) is not waited for.
+    pool.acquisitions += _shm.PINNED_AFTER
+    sleeps.clear()
+    assert pool.acquire(1000, wait=True) is None and not sleeps and pool.waits == 1
+    # Without wait=True (one worker, or the arena's early try) nothing waits.
+    slot.mm[0] = _shm.FREE
+    assert pool.acquire(1000) is slot
+    pool.period = 0.5
+    assert pool.acquire(1000) is None and not sleeps
 
 
 def test_unsent_batch_frees_its_slot_and_sent_one_frees_on_last_view():

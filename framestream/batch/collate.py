@@ -99,6 +99,13 @@ def _scalar_dtype(column: Sequence[Any]) -> torch.dtype | None:
     return None
 
 
+def _waits() -> bool:
+    """Whether a worker may wait for a held slot: with 2+ workers another worker's batch
+    frees it (:data:`framestream.batch.slots.WAIT_PERIODS`)."""
+    info = get_worker_info()
+    return info is not None and info.num_workers > 1
+
+
 def _collate_in_slot(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The batch written into a reusable slot, or None when no slot is free."""
     n = len(samples)
@@ -121,7 +128,7 @@ def _collate_in_slot(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | N
     if claimed is not None:  # the camera tensors are in a slot already, in place
         slot, start, placed = claimed
     else:
-        slot = _shm.pool().acquire(bytes_of(shapes))
+        slot = _shm.pool().acquire(bytes_of(shapes), wait=_waits())
         if slot is None:
             return None
         start = _shm.HEADER

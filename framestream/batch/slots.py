@@ -29,6 +29,7 @@ import math
 import mmap
 import os
 import secrets
+import time
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -50,6 +51,17 @@ MAX_SLOTS = 4
 # process, not in flight (prefetching keeps prefetch_factor batches per worker queued): some
 # tensor of an old batch is still referenced. Reported once per worker, when it costs a batch.
 PINNED_AFTER = 64
+# A worker whose slots are all held (its last batch not yet dropped by the training process)
+# waits for one, at most this many of its own batch periods, before it falls back to fresh
+# shared memory. Why: the training process drops batch j as soon as it takes batch j + 1,
+# which another worker builds meanwhile, so the wait is short; the fallback costs more than
+# it (a 236 MB window batch: zeroed fresh pages, then one fd handshake per tensor) and, by
+# slowing this worker, makes the other one wait on it next: window runs with a fallback
+# streak ran ~35% slower. Only with 2+ workers (one worker's batch j + 1 is what its
+# training process awaits while holding batch j), and not again after a wait timed out
+# until a slot is found free (a training loop keeping its batches costs one wait).
+WAIT_PERIODS = 2.0
+WAIT_MIN_S, WAIT_MAX_S = 0.05, 2.0
 
 
 def available() -> bool:
@@ -104,6 +116,10 @@ class SlotPool:
         self._serials = itertools.count()
         self.acquisitions = 0  # batches given a slot or sent to fresh memory
         self.warned_pinned = False
+        self.waits = 0  # batches that waited for a held slot and got it
+        self.period: float | None = None  # seconds between this worker's batches (average)
+        self._last = 0.0  # monotonic time of the last counted acquisition
+        self._waiting_failed = False  # the last wait timed out (no wait until one is free)
 
     def _new(self, nbytes: int) -> Slot:
         return Slot(nbytes, token=self.token, serial=next(self._serials))
@@ -114,14 +130,24 @@ class SlotPool:
         held = sum(s.size for s in self.slots) - freed
         return limit is None or held == 0 or held + nbytes <= limit
 
-    def acquire(self, nbytes: int, *, count: bool = True) -> Slot | None:
+    def acquire(self, nbytes: int, *, count: bool = True, wait: bool = False) -> Slot | None:
         """A free slot of at least ``nbytes`` (marked busy), or None; ``count=False``: a
-        failure is not a fallback (the caller has another way to a slot)."""
+        failure is not a fallback (the caller has another way to a slot). ``wait``: when
+        every fitting slot is held, wait for one (bounded: see ``WAIT_PERIODS``)."""
+        if count:
+            now = time.monotonic()
+            if self._last:
+                gap = now - self._last
+                self.period = gap if self.period is None else 0.8 * self.period + 0.2 * gap
+            self._last = now
         free = [s for s in self.slots if s.free]
         fitting = [s for s in free if s.capacity >= nbytes]
+        if not fitting and wait:
+            fitting = self._wait_for(nbytes)
         if fitting:
             slot = min(fitting, key=lambda s: s.capacity)
             self.reused += 1
+            self._waiting_failed = False
         elif len(self.slots) < self.max_slots and self._room(nbytes):
             slot = self._new(nbytes)
             self.slots.append(slot)
@@ -142,6 +168,30 @@ class SlotPool:
         slot.busy_at = self.acquisitions
         slot.mm[0] = BUSY
         return slot
+
+    def _wait_for(self, nbytes: int) -> list[Slot]:
+        """The first held slot of at least ``nbytes`` to be freed within the wait's bound
+        (as a list), or nothing: no slot is worth waiting for, or the bound passed."""
+        held = [
+            s
+            for s in self.slots
+            if s.capacity >= nbytes and self.acquisitions - s.busy_at < PINNED_AFTER
+        ]
+        if not held or self._waiting_failed or self.period is None:
+            return []
+        bound = min(WAIT_MAX_S, max(WAIT_MIN_S, WAIT_PERIODS * self.period))
+        deadline = time.monotonic() + bound
+        pause = 0.0002
+        while True:
+            freed = [s for s in held if s.free]
+            if freed:
+                self.waits += 1
+                return freed
+            if time.monotonic() >= deadline:
+                self._waiting_failed = True
+                return []
+            time.sleep(pause)
+            pause = min(2 * pause, 0.002)
 
     def _warn_if_pinned(self) -> None:
         """Say so (once) when a slot is held long after its batch: a kept view, not prefetch."""

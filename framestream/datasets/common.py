@@ -24,6 +24,7 @@ def _memory_counts() -> dict[str, int]:
         "batch_slots_reused": slots.reused,
         "batch_slot_fallbacks": slots.fallbacks,
         "batches_in_place": slots.in_place,
+        "batch_slot_waits": slots.waits,
         "frame_buffers_reused": buffers.reused,
         "frame_buffers_allocated": buffers.allocated,
     }

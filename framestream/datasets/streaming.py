@@ -274,7 +274,8 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
         ``decoder_cache_*`` count the open-decoder cache; ``byte_cache_*`` the remote byte
         cache. ``batch_slots_reused`` / ``batch_slot_fallbacks`` count batches that
         :func:`framestream.collate` wrote into a reused worker slot / into fresh shared memory
-        because every slot was still held; ``batches_in_place`` the batches whose camera
+        because every slot was still held (``batch_slot_waits``: batches that waited for
+        a held slot and got it); ``batches_in_place`` the batches whose camera
         tensors each sample wrote straight into that slot (no sample-sized copy);
         ``frame_buffers_*`` the recycled frame buffers.
         Workers publish every 16 samples and when their stream ends, so mid-epoch figures may

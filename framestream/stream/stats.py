@@ -34,6 +34,7 @@ FIELDS = (
     "batch_slots_reused",
     "batch_slot_fallbacks",
     "batches_in_place",
+    "batch_slot_waits",
     "frame_buffers_reused",
     "frame_buffers_allocated",
     "memory_budget_bytes",  # per worker (its current pass's), summed: all workers' together
