@@ -141,9 +141,11 @@ class WorkerStream:
         _ledger.set_batch_reserve(
             _ledger.batch_share(model.budget) if model.budget is not None else None
         )
-        # Idle recycled frame buffers count against the frames' share too (else 512 MB).
+        # Idle recycled frame buffers: an eighth of the frames' share (else 512 MB).
         _buffers.pool().set_max_free_bytes(
-            model.frames_budget if model.frames_budget is not None else _buffers.MAX_FREE_BYTES
+            int(model.frames_budget * _buffers.IDLE_SHARE)
+            if model.frames_budget is not None
+            else _buffers.MAX_FREE_BYTES
         )
 
     # ------------------------------------------------------------ reading
