@@ -389,13 +389,14 @@ class StreamingLeRobotDataset(LeRobotStreamingSurface, Resumable, torch.utils.da
         )
 
     def _prepare_next(self, slot: int, worker: int, num_workers: int) -> None:
-        """In a DataLoader worker whose pass just ended: build the next pass's stream in a
-        thread (plan, first readers opened, their first frames decoded), for the epoch the
-        next pass will stream unless ``set_epoch`` says otherwise.
+        """In a DataLoader worker whose pass is draining: build the next pass's stream in a
+        thread (plan, first readers' table rows read and decoders opened; nothing decoded),
+        for the epoch the next pass will stream unless ``set_epoch`` says otherwise.
 
         Why: a persistent worker otherwise starts all of this when the next ``iter(loader)``
         asks for its first batch, and every worker does so at once: the training loop waits
-        ``active_shards`` decode calls per camera at each epoch boundary. Here it runs while
+        for ``active_shards`` readers and their decoders per worker at each epoch boundary.
+        Decoding stays with the pass, whose memory ledger accounts it. Here it runs while
         the pass drains (called there, or at its end). Nothing else changes: the stream is
         the one a fresh pass would build (its schedule untouched), and it is used only if the
         next pass is that fresh pass (same epoch and layout, no state loaded).
