@@ -196,8 +196,13 @@ def _camera_output(
     in ``depth_output_unit`` (``return_uint8`` does not apply).
     """
     if feature.dtype == "video" and feature.is_depth:
-        info = tuple(sorted((k, v) for k, v in feature.info.items() if k.startswith("video.")
-                            and not isinstance(v, dict | list)))
+        info = tuple(
+            sorted(
+                (k, v)
+                for k, v in feature.info.items()
+                if k.startswith("video.") and not isinstance(v, dict | list)
+            )
+        )
         return dequantize(frames, _depth_coding(info), depth_output_unit)
     return image_to_output(frames, return_uint8=return_uint8 and feature.dtype == "video")
 
@@ -247,9 +252,7 @@ def build_sample(
         elif col is not None:
             row = col[frame]
             out[key] = (
-                row.item()
-                if python_scalars and row.ndim == 0
-                else torch.from_numpy(np.array(row))
+                row.item() if python_scalars and row.ndim == 0 else torch.from_numpy(np.array(row))
             )
         else:
             out[key] = _to_tensor(value[frame], dtype)
