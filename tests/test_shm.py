@@ -141,6 +141,12 @@ def test_a_held_slot_is_waited_for_once_it_is_due_not_when_kept(monkeypatch):
     pool.acquisitions += _shm.PINNED_AFTER
     sleeps.clear()
     assert pool.acquire(1000, wait=True) is None and not sleeps and pool.waits == 1
+    # A pool that may still grow makes a new slot rather than wait for a held one.
+    growing = _shm.SlotPool(max_slots=2)
+    first = growing.acquire(1000)
+    growing.period = 0.5
+    second = growing.acquire(1000, wait=True)
+    assert second is not None and second is not first and not sleeps and growing.waits == 0
     # Without wait=True (one worker, or the arena's early try) nothing waits.
     slot.mm[0] = _shm.FREE
     assert pool.acquire(1000) is slot

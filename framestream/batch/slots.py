@@ -142,16 +142,18 @@ class SlotPool:
             self._last = now
         free = [s for s in self.slots if s.free]
         fitting = [s for s in free if s.capacity >= nbytes]
-        if not fitting and wait:
-            fitting = self._wait_for(nbytes)
+        grow = len(self.slots) < self.max_slots and self._room(nbytes)
+        replace = bool(free) and self._room(nbytes, max((s.size for s in free), default=0))
+        if not fitting and not grow and not replace and wait:
+            fitting = self._wait_for(nbytes)  # only when no other slot may be had
         if fitting:
             slot = min(fitting, key=lambda s: s.capacity)
             self.reused += 1
             self._waiting_failed = False
-        elif len(self.slots) < self.max_slots and self._room(nbytes):
+        elif grow:
             slot = self._new(nbytes)
             self.slots.append(slot)
-        elif free and self._room(nbytes, max(s.size for s in free)):
+        elif replace:
             # replace the largest free slot that is too small
             old = max(free, key=lambda s: s.capacity)
             self.slots.remove(old)
