@@ -120,6 +120,33 @@ class RssTracker:
         }
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """CPU seconds (user + system) used so far by this process and by its workers (live
+    children, plus those already exited and reaped); None without psutil.
+
+    Why: samples/s on a shared machine moves with other tenants, while the CPU a sample costs
+    moves much less, and its split (workers against the training process) says where to look.
+    """
+    try:
+        import psutil
+    except ImportError:
+        return None
+    me = psutil.Process()
+    own = me.cpu_times()
+    workers = own.children_user + own.children_system
+    try:
+        kids = me.children(recursive=True)
+    except Exception:  # a child exiting mid-listing: count none of them rather than some
+        kids = []
+    for kid in kids:
+        try:
+            t = kid.cpu_times()
+        except Exception:  # exited meanwhile
+            continue
+        workers += t.user + t.system
+    return own.user + own.system, workers
+
+
 @dataclass
 class Timing:
     """What the timed phase saw; figures are derived from it by the runner.
@@ -142,6 +169,25 @@ class Timing:
     t_start: float = 0.0
     t_prev: float = 0.0
     sink: int = 0  # the consumer's checksum
+    cpu0: tuple[float, float] | None = None  # cpu_seconds() when timing started
+    cpu1: tuple[float, float] | None = None  # and after the last timed batch
+
+    def cpu_fields(self) -> dict[str, float | None]:
+        """CPU per timed sample of the workers and of the training process, and the cores
+        they used together (all None when psutil is missing or nothing was timed)."""
+        if self.cpu0 is None or self.cpu1 is None or not self.timed_samples:
+            return {
+                "worker_cpu_ms_per_sample": None,
+                "main_cpu_ms_per_sample": None,
+                "cpu_cores_used": None,
+            }
+        main = self.cpu1[0] - self.cpu0[0]
+        workers = self.cpu1[1] - self.cpu0[1]
+        return {
+            "worker_cpu_ms_per_sample": 1000.0 * workers / self.timed_samples,
+            "main_cpu_ms_per_sample": 1000.0 * main / self.timed_samples,
+            "cpu_cores_used": (main + workers) / self.elapsed,
+        }
 
     @property
     def elapsed(self) -> float:
@@ -193,6 +239,7 @@ def stream_timed(
         t_iter = time.perf_counter()
         if epoch == 0 and warmup == 0:
             t.stats0, t.t_start, t.t_prev = ds.stats(), t_iter, t_iter
+            t.cpu0 = cpu_seconds()
         it = iter(loader)
         for batch in it:
             now = time.perf_counter()
@@ -207,6 +254,7 @@ def stream_timed(
             if t.stats0 is None:
                 if t.total_batches >= warmup:
                     t.stats0, t.t_start, t.t_prev = ds.stats(), now, now
+                    t.cpu0 = cpu_seconds()
             else:
                 t.intervals.append(now - t.t_prev)
                 t.batch_sizes.append(n)
@@ -230,6 +278,7 @@ def stream_timed(
                 break
         if done:
             break
+    t.cpu1 = cpu_seconds() if t.cpu0 is not None else None
     t.rss.sample()  # while the workers are still alive (the iterator holds them)
     t.stats1 = ds.stats()
     del it, loader  # shuts the workers down before the ceiling takes every core

@@ -62,6 +62,9 @@ CSV_FIELDS = (
     "batch_latency_ms_p95",
     "batch_latency_ms_p99",
     "first_batch_s",
+    "worker_cpu_ms_per_sample",
+    "main_cpu_ms_per_sample",
+    "cpu_cores_used",
     "peak_rss_mb_main",
     "peak_rss_mb_worker_max",
     "peak_rss_mb_total",
@@ -209,6 +212,12 @@ def format_summary(r: Mapping[str, Any]) -> str:
             " / ".join(_fmt(r[f"batch_latency_ms_p{q}"], " ms", 1) for q in ("50", "95", "99")),
         ),
         ("first batch", _fmt(r["first_batch_s"], " s", 2)),
+        (
+            "CPU per sample workers / main",
+            f"{_fmt(r.get('worker_cpu_ms_per_sample'), ' ms', 3)} / "
+            f"{_fmt(r.get('main_cpu_ms_per_sample'), ' ms', 3)} "
+            f"({_fmt(r.get('cpu_cores_used'), ' cores', 2)})",
+        ),
         (
             "peak RSS main / worker max",
             f"{_fmt(r['peak_rss_mb_main'], ' MB')} / {_fmt(r['peak_rss_mb_worker_max'], ' MB')}",

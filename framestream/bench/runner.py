@@ -397,6 +397,7 @@ def _run_one(
         "batch_latency_ms_p95": b95,
         "batch_latency_ms_p99": b99,
         "first_batch_s": timing.first_batch_s,
+        **timing.cpu_fields(),
         **timing.rss.summary(),
         "decoder_cache_hits": stats1["decoder_cache_hits"],
         "decoder_cache_misses": stats1["decoder_cache_misses"],
