@@ -134,10 +134,9 @@ def test_json_fields_present_and_consistent(runs: dict, mode: str, workers: int)
     assert math.isclose(r["batch_latency_ms_p50"], lat[0] * BATCH, rel_tol=1e-6)
     assert r["first_batch_s"] > 0
     if importlib.util.find_spec("psutil") is not None:  # CPU per sample needs psutil
+        # CPU clocks tick every 10 ms and 3 timed batches may fall between ticks: >= 0.
         main_ms, worker_ms = r["main_cpu_ms_per_sample"], r["worker_cpu_ms_per_sample"]
-        assert main_ms > 0 and worker_ms >= 0
-        if workers:
-            assert worker_ms > 0  # the workers decode, so they cannot have used no CPU
+        assert main_ms >= 0 and worker_ms >= 0
         total_s = (main_ms + worker_ms) * r["samples"] / 1000.0
         assert math.isclose(r["cpu_cores_used"], total_s / r["elapsed_s"], rel_tol=1e-9)
     assert r["peak_rss_mb_main"] > 0
