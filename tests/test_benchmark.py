@@ -342,3 +342,19 @@ def test_labels_name_the_layout_collate_and_deinterleave(monkeypatch):
             assert _label("single", BenchConfig()) == "single"
     finally:
         _planar._opencv_split.cache_clear()
+
+
+def test_cpu_seconds_counts_this_process_and_its_workers():
+    pytest.importorskip("psutil")
+    from framestream.bench.measure import cpu_seconds
+
+    own0, workers0 = cpu_seconds()
+    x = 0
+    for i in range(3_000_000):  # ~0.2 s of this process's CPU
+        x += i
+    # A child that burns CPU and exits: reaped, it still counts (as a finished worker would).
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    own1, workers1 = cpu_seconds()
+    assert own1 - own0 > 0.05
+    assert workers1 - workers0 >= 0.29
