@@ -99,15 +99,12 @@ def _scalar_dtype(column: Sequence[Any]) -> torch.dtype | None:
     return None
 
 
-def _waits() -> bool:
-    """Whether a worker may wait for a held slot: with 2+ workers another worker's batch
-    frees it (:data:`framestream.batch.slots.WAIT_PERIODS`)."""
-    info = get_worker_info()
-    return info is not None and info.num_workers > 1
-
-
-def _collate_in_slot(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The batch written into a reusable slot, or None when no slot is free."""
+def _collate_in_slot(
+    samples: Sequence[Mapping[str, Any]], *, wait: bool = False
+) -> dict[str, Any] | None:
+    """The batch written into a reusable slot, or None when no slot is free. ``wait``: a
+    held slot may be waited for (2+ workers, where another worker's batch frees it:
+    :data:`framestream.batch.slots.WAIT_PERIODS`)."""
     n = len(samples)
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, torch.dtype] = {}
@@ -128,7 +125,7 @@ def _collate_in_slot(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any] | N
     if claimed is not None:  # the camera tensors are in a slot already, in place
         slot, start, placed = claimed
     else:
-        slot = _shm.pool().acquire(bytes_of(shapes), wait=_waits())
+        slot = _shm.pool().acquire(bytes_of(shapes), wait=wait)
         if slot is None:
             return None
         start = _shm.HEADER
@@ -156,10 +153,11 @@ def collate(batch: Sequence[Any]) -> Any:
     ``default_collate``'s except that channels-last camera tensors stay channels-last.
     """
     elem = batch[0]
-    in_worker = get_worker_info() is not None
+    info = get_worker_info()
+    in_worker = info is not None
     if isinstance(elem, Mapping):
-        if in_worker and _shm.available() and len(batch) > 0:
-            slotted = _collate_in_slot(batch)
+        if info is not None and _shm.available() and len(batch) > 0:
+            slotted = _collate_in_slot(batch, wait=info.num_workers > 1)
             if slotted is not None:
                 return slotted
         return {key: collate([b[key] for b in batch]) for key in elem}

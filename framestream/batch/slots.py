@@ -142,24 +142,20 @@ class SlotPool:
             self._last = now
         free = [s for s in self.slots if s.free]
         fitting = [s for s in free if s.capacity >= nbytes]
-        grow = len(self.slots) < self.max_slots and self._room(nbytes)
-        replace = bool(free) and self._room(nbytes, max((s.size for s in free), default=0))
-        if not fitting and not grow and not replace and wait:
-            fitting = self._wait_for(nbytes)  # only when no other slot may be had
         if fitting:
-            slot = min(fitting, key=lambda s: s.capacity)
-            self.reused += 1
-            self._waiting_failed = False
-        elif grow:
+            slot = self._reuse(fitting)
+        elif len(self.slots) < self.max_slots and self._room(nbytes):
             slot = self._new(nbytes)
             self.slots.append(slot)
-        elif replace:
+        elif free and self._room(nbytes, max(s.size for s in free)):
             # replace the largest free slot that is too small
             old = max(free, key=lambda s: s.capacity)
             self.slots.remove(old)
             old.close()
             slot = self._new(nbytes)
             self.slots.append(slot)
+        elif wait and (freed := self._wait_for(nbytes)):  # no other slot may be had
+            slot = self._reuse(freed)
         else:
             if count:
                 self.fallbacks += 1
@@ -170,6 +166,13 @@ class SlotPool:
         slot.busy_at = self.acquisitions
         slot.mm[0] = BUSY
         return slot
+
+    def _reuse(self, candidates: list[Slot]) -> Slot:
+        """The smallest of ``candidates`` (free slots that fit); a slot found free again
+        lets a later batch wait (see ``WAIT_PERIODS``)."""
+        self.reused += 1
+        self._waiting_failed = False
+        return min(candidates, key=lambda s: s.capacity)
 
     def _wait_for(self, nbytes: int) -> list[Slot]:
         """The first held slot of at least ``nbytes`` to be freed within the wait's bound
