@@ -234,12 +234,16 @@ def stream_timed(
     last_rss = 0.0
     done = False
     it: Any = None
+    # warm-up of whole epochs: its counters are read when the last warm-up pass has ended
+    at_epoch_end = cfg.warmup_epochs > 0
+    started = False
     for epoch in range(cfg.epochs):
         ds.set_epoch(epoch)
         t_iter = time.perf_counter()
         if epoch == 0 and warmup == 0:
             t.stats0, t.t_start, t.t_prev = ds.stats(), t_iter, t_iter
             t.cpu0 = cpu_seconds()
+            started = True
         it = iter(loader)
         for batch in it:
             now = time.perf_counter()
@@ -251,10 +255,13 @@ def stream_timed(
                 t.first_batch_s = now - t_iter
             t.total_batches += 1
             t.consumed += n
-            if t.stats0 is None:
+            if not started:
                 if t.total_batches >= warmup:
-                    t.stats0, t.t_start, t.t_prev = ds.stats(), now, now
+                    started = True
+                    t.t_start, t.t_prev = now, now
                     t.cpu0 = cpu_seconds()
+                    if not at_epoch_end:
+                        t.stats0 = ds.stats()
             else:
                 t.intervals.append(now - t.t_prev)
                 t.batch_sizes.append(n)
@@ -270,12 +277,16 @@ def stream_timed(
             if progress is not None:
                 progress(1)
             t_end = time.perf_counter()
-            if t.stats0 is not None and (
+            if started and (
                 (max_batches is not None and t.timed_batches >= max_batches)
                 or (cfg.seconds is not None and t_end - t.t_start >= cfg.seconds)
             ):
                 done = True
                 break
+        if started and t.stats0 is None:
+            # A worker publishes its last counters when its pass ends, which may be after
+            # the main process has its last batch: read them once the pass is over.
+            t.stats0 = ds.stats()
         if done:
             break
     t.cpu1 = cpu_seconds() if t.cpu0 is not None else None
