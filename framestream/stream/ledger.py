@@ -274,6 +274,9 @@ class Ledger:
     def __init__(self, model: MemoryModel) -> None:
         self.model = model
         self.segments: dict[int, SegmentLedger] = {}
+        # Per reader, what its next reference would commit: valid until that reader changes
+        # (the schedule asks about every open reader for every sample while the budget binds).
+        self._costs: dict[int, int] = {}
         self.committed = 0  # sum of the segments' committed bytes
         self.held = 0
         self.peak_committed = 0
@@ -298,6 +301,7 @@ class Ledger:
         """Start accounting reader ``rid`` (``through``/``last``: a restored position)."""
         seg = SegmentLedger(self.model, episode, pending, through=through, last=last)
         self.segments[rid] = seg
+        self._costs.pop(rid, None)
         self._add(seg.committed, seg.held)
         return seg
 
@@ -312,12 +316,14 @@ class Ledger:
     def produced(self, rid: int, frame: int) -> None:
         """The schedule produced ``frame`` of reader ``rid`` (frames come in order)."""
         seg = self.segments[rid]
+        self._costs.pop(rid, None)
         c0, h0 = seg.committed, seg.held
         seg.produce(frame)
         self._add(seg.committed - c0, seg.held - h0)
 
     def emit(self, rid: int, frame: int) -> Step:
         seg = self.segments[rid]
+        self._costs.pop(rid, None)
         c0, h0 = seg.committed, seg.held
         step = seg.emit(frame)
         self._add(seg.committed - c0, seg.held - h0)
@@ -325,6 +331,7 @@ class Ledger:
 
     def close(self, rid: int) -> None:
         seg = self.segments.pop(rid, None)
+        self._costs.pop(rid, None)
         if seg is not None:
             self.committed -= seg.committed
             self.held -= seg.held
@@ -334,13 +341,20 @@ class Ledger:
         budget = self.model.frames_budget
         return budget is None or budget - self.committed >= self.worst
 
-    def allowed(self, candidates: Sequence[tuple[int, int]]) -> list[int]:
-        """The readers among ``candidates`` (reader id, next frame) whose next reference keeps
+    def allowed(self, rids: Sequence[int], next_frame: Callable[[int], int]) -> list[int]:
+        """The readers among ``rids`` whose next reference (frame ``next_frame(rid)``) keeps
         committed bytes within the budget, in the given order."""
         budget = self.model.frames_budget
         if budget is None:
-            return [rid for rid, _ in candidates]
+            return list(rids)
         room = budget - self.committed
         if room >= self.worst:  # no single reference can add more
-            return [rid for rid, _ in candidates]
-        return [rid for rid, frame in candidates if self.segments[rid].cost_of(frame) <= room]
+            return list(rids)
+        costs, out = self._costs, []
+        for rid in rids:
+            cost = costs.get(rid)
+            if cost is None:  # changed since last asked: a reader's state moves only here
+                cost = costs[rid] = self.segments[rid].cost_of(next_frame(rid))
+            if cost <= room:
+                out.append(rid)
+        return out

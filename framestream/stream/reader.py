@@ -54,6 +54,7 @@ class _CameraFrames:
         self.needed = needed  # sorted frame indices some pending sample uses (the span)
         self.store: dict[int, np.ndarray] = {}  # frames in the output's memory order
         self.restored = False  # frames the ledger held before this reader existed decoded
+        self.query: dict[str, Any] | None = None  # decode_episode_frames' fixed arguments
 
 
 class SegmentReader:
@@ -110,26 +111,27 @@ class SegmentReader:
                 todo = np.unique(np.concatenate([np.asarray(missing, dtype=np.int64), todo]))
         if len(todo) == 0:  # every needed frame is decoded already
             return
-        relative = self.meta.video_file(self.ep.episode, key)
-        from_ts = self.meta.video_from_timestamp(self.ep.episode, key)
-        depth = self.meta.features[key].is_depth
+        query = cam.query
+        if query is None:  # the same for every call of this reader
+            from_ts = self.meta.video_from_timestamp(self.ep.episode, key)
+            query = cam.query = dict(
+                relative=self.meta.video_file(self.ep.episode, key),
+                camera=key,
+                episode=self.ep.episode,
+                from_timestamp=from_ts,
+                tolerance_s=self.tolerance_s,
+                fps=self.meta.fps,
+                pixel_format=self._pixel_format(key),
+                span=self._span(cam, from_ts),
+                frame_shape=declared_frame_shape(self.meta.features[key]),
+            )
         frames = decode_episode_frames(
-            self.decoders,
-            relative=relative,
-            camera=key,
-            episode=self.ep.episode,
-            from_timestamp=from_ts,
-            timestamps=self.ep.timestamps[todo].astype(np.float64),
-            tolerance_s=self.tolerance_s,
-            fps=self.meta.fps,
-            pixel_format=self._pixel_format(key),
-            span=self._span(cam, from_ts),
-            frame_shape=declared_frame_shape(self.meta.features[key]),
+            self.decoders, timestamps=self.ep.timestamps[todo].astype(np.float64), **query
         )
         arr = frames.numpy()
+        depth = self.meta.features[key].is_depth
         if self.yuv is not None and not depth:  # I420 (H*3/2, W) frames, kept as they are
-            span = self._span(cam, from_ts)
-            self.yuv[key] = self.decoders.colorspace(relative, span=span) or 2
+            self.yuv[key] = self.decoders.colorspace(query["relative"], span=query["span"]) or 2
             shape = arr.shape[1:]
         else:
             h, w, c = arr.shape[1:]

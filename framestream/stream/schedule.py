@@ -173,9 +173,12 @@ class Schedule:
             return None
         if self.ledger.roomy():
             return None
-        cands = [(r, self.cursors[r].segment.start + self.cursors[r].pos) for r in self.active]
-        allowed = self.ledger.allowed(cands)
+        allowed = self.ledger.allowed(self.active, self._next_frame)
         return None if len(allowed) == len(self.active) else allowed
+
+    def _next_frame(self, rid: int) -> int:
+        cur = self.cursors[rid]
+        return cur.segment.start + cur.pos
 
     def _cheapest(self) -> list[int]:
         """Over budget with an empty reservoir: one reference must come anyway. It comes from
