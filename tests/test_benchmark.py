@@ -358,3 +358,45 @@ def test_cpu_seconds_counts_this_process_and_its_workers():
     own1, workers1 = cpu_seconds()
     assert own1 - own0 > 0.05
     assert workers1 - workers0 >= 0.29
+
+
+class _LatePublisher:
+    """Counts its samples only when its pass ends, after its last sample was handed out:
+    as a DataLoader worker publishes its last counters (its last batch full, the main
+    process has that batch before the worker learns its stream is over)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.published = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"samples": self.published}
+
+    def __iter__(self):
+        import torch
+
+        for i in range(self.n):
+            row = {"index": i, "episode_index": 0, "frame_index": i}
+            yield {key: torch.tensor(v) for key, v in row.items()}
+        self.published += self.n
+
+
+def test_warmup_epochs_read_counters_once_the_warmup_pass_has_ended():
+    """--warmup-epochs: the counters timing starts from include the warm-up pass's last
+    publication, even when it comes after the pass's last batch (CI once saw a reuse ratio
+    of 1.023 from that race)."""
+    from torch.utils.data import IterableDataset
+
+    from framestream.bench.measure import stream_timed
+
+    class _Dataset(_LatePublisher, IterableDataset):
+        pass
+
+    ds = _Dataset(8)
+    cfg = BenchConfig(batch_size=4, num_workers=0, epochs=3, warmup_epochs=1, collate="default")
+    cfg.max_batches, cfg.seconds = 0, None
+    t = stream_timed(ds, cfg, 2, None)  # warm-up: the first epoch's 2 full batches
+    assert t.timed_samples == 16
+    assert t.stats1["samples"] - t.stats0["samples"] == t.timed_samples
