@@ -213,6 +213,42 @@ def test_ledger_is_only_counts():
     assert led.committed == led.held + 1 * 1000 + 1 * 300  # frames 1 and 3
 
 
+@pytest.mark.parametrize("capped", [True, False])
+@pytest.mark.parametrize("budget", [6_000, 9_000, 24_000])
+def test_allowed_readers_match_a_fresh_recount_at_every_step(budget, capped):
+    """The ledger keeps each reader's next-reference cost until that reader changes: at
+    every step of a budget-bound schedule (with a drop), the readers it allows are those a
+    fresh ledger-wide recount allows, and the budget binds at some of those steps."""
+
+    def recount(s: Schedule) -> list[int]:
+        led = s.ledger
+        room = led.model.frames_budget - led.committed
+        fresh = []
+        for rid in s.active:
+            seg = led.segments[rid]
+            seg._cost = None  # no cached figure either
+            if seg.cost_of(s._next_frame(rid)) <= room:
+                fresh.append(rid)
+        return fresh
+
+    s = Schedule(SEGMENTS, config(budget, capped=capped, align=2), [3])
+    steps = binding = 0
+    while True:
+        if s.active and not s.ledger.roomy():
+            got = s.ledger.allowed(s.active, s._next_frame)
+            assert got == recount(s), steps
+            binding += len(got) < len(s.active)
+        ref = s.next_ref()
+        if ref is None:
+            break
+        steps += 1
+        if steps == 40:
+            s.drop(ref[0])
+            continue
+        s.done(ref[0])
+    assert steps > 40 and binding > 0
+
+
 @pytest.mark.parametrize("align", [2, 3])
 def test_aligned_decoding_leaves_a_keyframe_next(align):
     """With decode_align, every decode call after a segment's first starts on a multiple of

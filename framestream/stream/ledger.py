@@ -353,7 +353,7 @@ class Ledger:
         costs, out = self._costs, []
         for rid in rids:
             cost = costs.get(rid)
-            if cost is None:  # changed since last asked: a reader's state moves only here
+            if cost is None:  # changed since last asked (open, produced, emit drop it)
                 cost = costs[rid] = self.segments[rid].cost_of(next_frame(rid))
             if cost <= room:
                 out.append(rid)
