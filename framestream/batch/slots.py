@@ -177,11 +177,7 @@ class SlotPool:
     def _wait_for(self, nbytes: int) -> list[Slot]:
         """The first held slot of at least ``nbytes`` to be freed within the wait's bound
         (as a list), or nothing: no slot is worth waiting for, or the bound passed."""
-        held = [
-            s
-            for s in self.slots
-            if s.capacity >= nbytes and self.acquisitions - s.busy_at < PINNED_AFTER
-        ]
+        held = [s for s in self.slots if s.capacity >= nbytes and self._held_for(s) < PINNED_AFTER]
         if not held or self._waiting_failed or self.period is None:
             return []
         bound = min(WAIT_MAX_S, max(WAIT_MIN_S, WAIT_PERIODS * self.period))
@@ -198,11 +194,15 @@ class SlotPool:
             time.sleep(pause)
             pause = min(2 * pause, 0.002)
 
+    def _held_for(self, slot: Slot) -> int:
+        """Batches acquired since ``slot`` was handed out."""
+        return self.acquisitions - slot.busy_at
+
     def _warn_if_pinned(self) -> None:
         """Say so (once) when a slot is held long after its batch: a kept view, not prefetch."""
         if self.warned_pinned:
             return
-        held = [self.acquisitions - s.busy_at for s in self.slots if not s.free]
+        held = [self._held_for(s) for s in self.slots if not s.free]
         if not held or max(held) < PINNED_AFTER:
             return
         self.warned_pinned = True

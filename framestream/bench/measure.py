@@ -237,13 +237,20 @@ def stream_timed(
     # warm-up of whole epochs: its counters are read when the last warm-up pass has ended
     at_epoch_end = cfg.warmup_epochs > 0
     started = False
+
+    def start(now: float, *, read_stats: bool) -> None:
+        nonlocal started
+        started = True
+        t.t_start, t.t_prev = now, now
+        t.cpu0 = cpu_seconds()
+        if read_stats:
+            t.stats0 = ds.stats()
+
     for epoch in range(cfg.epochs):
         ds.set_epoch(epoch)
         t_iter = time.perf_counter()
         if epoch == 0 and warmup == 0:
-            t.stats0, t.t_start, t.t_prev = ds.stats(), t_iter, t_iter
-            t.cpu0 = cpu_seconds()
-            started = True
+            start(t_iter, read_stats=True)
         it = iter(loader)
         for batch in it:
             now = time.perf_counter()
@@ -257,11 +264,7 @@ def stream_timed(
             t.consumed += n
             if not started:
                 if t.total_batches >= warmup:
-                    started = True
-                    t.t_start, t.t_prev = now, now
-                    t.cpu0 = cpu_seconds()
-                    if not at_epoch_end:
-                        t.stats0 = ds.stats()
+                    start(now, read_stats=not at_epoch_end)
             else:
                 t.intervals.append(now - t.t_prev)
                 t.batch_sizes.append(n)

@@ -205,19 +205,16 @@ class SegmentLedger:
         return stop
 
     def _recount(self) -> None:
-        self._cost: tuple[int, int] | None = None  # (frame, cost_of(frame)), until a change
         self.held = sum(c.held * c.bytes for c in self.cameras)
         self.committed = sum((c.held + self._reach(c, c.p)) * c.bytes for c in self.cameras)
 
     def cost_of(self, frame: int) -> int:
-        """How much producing ``frame`` (the next one) would add to :attr:`committed`."""
-        if self._cost is not None and self._cost[0] == frame:
-            return self._cost[1]  # the schedule asks again for every segment at every step
+        """How much producing ``frame`` (the next one) would add to :attr:`committed`
+        (:meth:`Ledger.allowed` keeps the answer until this segment changes)."""
         total = 0
         for c in self.cameras:
             total += (c.held + self._reach(c, c.p_after(self._top(c, frame)))) * c.bytes
-        self._cost = (frame, total - self.committed)
-        return self._cost[1]
+        return total - self.committed
 
     def held_frames(self, camera: int) -> list[int]:
         """Decoded frames of ``camera`` still counted (what a reader must have stored)."""
