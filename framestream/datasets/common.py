@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,18 +32,44 @@ def _memory_counts() -> dict[str, int]:
     }
 
 
+# The memory counters a board has been given by this process, per board: (pid, counts).
+# Several publishers of one process share a board (a persistent worker builds its next pass's
+# stream, with its own publisher, while the last pass drains; a discarded prepared stream
+# publishes when it closes), so each increment must go to the board once, whoever publishes.
+_given: weakref.WeakKeyDictionary[StatsBoard, tuple[int, dict[str, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+_given_lock = threading.Lock()
+
+
 class Publisher:
-    """Adds a stream's counter increments, and this process's memory counters, to a board row."""
+    """Adds a stream's counter increments, and this process's memory counters, to a board row.
+
+    The memory counters are process-wide and cumulative: a board receives each increment
+    once, counted from when this process first published to it.
+    """
 
     def __init__(self, board: StatsBoard, slot: int) -> None:
         self.board, self.slot = board, slot
-        self.base = _memory_counts()
+        with _given_lock:  # the board's count starts here, if this process has none yet
+            self._given_here()
+
+    def _given_here(self) -> dict[str, int]:
+        """What this process has given the board so far (call with ``_given_lock`` held)."""
+        pid = os.getpid()
+        given = _given.get(self.board)
+        if given is None or given[0] != pid:  # a new board, or one inherited by a fork
+            given = _given[self.board] = (pid, _memory_counts())
+        return given[1]
+
+    def _memory_increments(self) -> dict[str, int]:
+        with _given_lock:
+            base, now = self._given_here(), _memory_counts()
+            _given[self.board] = (os.getpid(), now)
+        return {k: v - base[k] for k, v in now.items()}
 
     def __call__(self, deltas: dict[str, int]) -> None:
-        now = _memory_counts()
-        memory = {k: v - self.base[k] for k, v in now.items()}
-        self.base = now
-        self.board.add(self.slot, deltas | memory)
+        self.board.add(self.slot, deltas | self._memory_increments())
 
 
 def check_not_all_skipped(
