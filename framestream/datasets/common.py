@@ -42,11 +42,19 @@ _given: weakref.WeakKeyDictionary[StatsBoard, tuple[int, dict[str, int]]] = (
 _given_lock = threading.Lock()
 
 
+def _fresh_lock_in_child() -> None:  # a fork never inherits the lock held by another thread
+    global _given_lock
+    _given_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_in_child)
+
+
 class Publisher:
     """Adds a stream's counter increments, and this process's memory counters, to a board row.
 
     The memory counters are process-wide and cumulative: a board receives each increment
-    once, counted from when this process first published to it.
+    once, counted from this process's first publisher for it.
     """
 
     def __init__(self, board: StatsBoard, slot: int) -> None:
