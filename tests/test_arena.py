@@ -63,6 +63,29 @@ def test_in_place_batches_equal_the_ordinary_path(small_root, uint8, collate_fn)
     assert ds.stats()["batches_in_place"] >= n // 2
 
 
+def test_a_prepared_pass_builds_its_batches_in_place(small_root):
+    """A persistent worker prepares its next pass (readers opened) before that pass's fetch
+    exists: those readers' samples must still be built in place, as a fresh pass's are."""
+    in_place = {}
+    for persistent in (False, True):
+        ds = StreamingLeRobotDataset(str(small_root), return_uint8=True, seed=5)
+        loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=persistent)
+        batches = 0
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            for b in loader:
+                ep, fr = int(b["episode_index"][-1]), int(b["frame_index"][-1])
+                fid = decode_frame_id(b["observation.images.cam1"][-1])
+                assert (fid.episode, fid.frame) == (ep, fr)
+                batches += 1
+        stats = ds.stats()
+        if persistent:
+            assert stats["prepared_passes"] == 4  # epochs 1 and 2, both workers
+        assert stats["batches_in_place"] <= batches
+        in_place[persistent] = stats["batches_in_place"]
+    assert in_place[True] >= in_place[False] > 0
+
+
 class _Wrapped(IterableDataset):
     def __init__(self, inner):
         self.inner = inner

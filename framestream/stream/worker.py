@@ -132,8 +132,7 @@ class WorkerStream:
             backend=self.decoders.backend,
         )
         self._published: dict[str, int] = {}
-        # Set by the dataset for a pass whose samples go straight to framestream.collate.
-        self.arena: Placer | None = None
+        self._arena: Placer | None = None
         if schedule.ledger is None:  # a schedule built without a memory model
             schedule.ledger = _ledger.Ledger(memory_model(meta, spec.window, opts))
             schedule.load_state_dict(schedule.state_dict())  # accounts what is open
@@ -147,6 +146,21 @@ class WorkerStream:
             if model.frames_budget is not None
             else _buffers.MAX_FREE_BYTES
         )
+
+    @property
+    def arena(self) -> Placer | None:
+        """Where camera tensors are built: set by the dataset for a pass whose samples go
+        straight to :func:`framestream.collate`; None: in each sample's own memory."""
+        return self._arena
+
+    @arena.setter
+    def arena(self, arena: Placer | None) -> None:
+        # Readers opened before (a persistent worker's next pass is prepared while the last
+        # one drains, before its fetch exists) are told too: else every batch of their
+        # samples alone was collated the ordinary way, one more copy per camera.
+        self._arena = arena
+        for reader in self.readers.values():
+            reader.camera_out = arena.out if arena is not None else None
 
     # ------------------------------------------------------------ reading
     def _reader(self, rid: int) -> SegmentReader:
@@ -169,7 +183,7 @@ class WorkerStream:
                 pixel_format=opts.pixel_format,
                 image_transforms=spec.image_transforms,
                 ledger=sch.ledger.segments[rid],
-                camera_out=self.arena.out if self.arena is not None else None,
+                camera_out=self._arena.out if self._arena is not None else None,
             )
             self.readers[rid] = reader
         return reader
@@ -194,8 +208,8 @@ class WorkerStream:
                 self._publish()
                 return
             rid, frame = ref
-            if self.arena is not None:
-                self.arena.place()
+            if self._arena is not None:
+                self._arena.place()
             try:
                 reader = self._reader(rid)
                 sample = reader.sample(frame)
