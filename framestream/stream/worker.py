@@ -133,6 +133,7 @@ class WorkerStream:
         )
         self._published: dict[str, int] = {}
         self._arena: Placer | None = None
+        self._camera_out: Callable[[str, Any], torch.Tensor | None] | None = None
         if schedule.ledger is None:  # a schedule built without a memory model
             schedule.ledger = _ledger.Ledger(memory_model(meta, spec.window, opts))
             schedule.load_state_dict(schedule.state_dict())  # accounts what is open
@@ -159,8 +160,9 @@ class WorkerStream:
         # one drains, before its fetch exists) are told too: else every batch of their
         # samples alone was collated the ordinary way, one more copy per camera.
         self._arena = arena
+        self._camera_out = arena.out if arena is not None else None
         for reader in self.readers.values():
-            reader.camera_out = arena.out if arena is not None else None
+            reader.camera_out = self._camera_out
 
     # ------------------------------------------------------------ reading
     def _reader(self, rid: int) -> SegmentReader:
@@ -183,7 +185,7 @@ class WorkerStream:
                 pixel_format=opts.pixel_format,
                 image_transforms=spec.image_transforms,
                 ledger=sch.ledger.segments[rid],
-                camera_out=self._arena.out if self._arena is not None else None,
+                camera_out=self._camera_out,
             )
             self.readers[rid] = reader
         return reader
