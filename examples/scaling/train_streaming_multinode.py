@@ -764,6 +764,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.metrics_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics_json).write_text(json.dumps(summary, indent=2))
     sample_log.close()
+    # Every rank past its last collective before any destroys the process group: a rank that
+    # tore gloo down while another still talked to it aborted at exit now and then
+    # ("terminate called without an active exception", SIGABRT).
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
 
