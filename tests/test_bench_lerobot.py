@@ -13,6 +13,7 @@ from framestream.bench.lerobot_compare import (
     DRIVER,
     comparison_fields,
     find_lerobot_python,
+    median_of_pairs,
     run_lerobot_loader,
 )
 from framestream.testing.synth import generate_synthetic_dataset
@@ -49,6 +50,22 @@ def test_comparison_fields():
     assert out["lerobot_streaming_error"].startswith("IndexError")
     assert out["lerobot_best_loader"] == "map" and out["vs_lerobot_best"] == pytest.approx(5.5)
     assert comparison_fields(0.0, runs)["vs_lerobot_best"] is None
+
+
+def test_repeats_report_the_median_of_each_pairs_ratio():
+    """--compare-lerobot --repeats: each framestream run is followed by LeRobot's; the ratio
+    reported is the median of each pair's ratio, not the ratio of the median rates."""
+    runs = []
+    for rate, lerobot in ((100.0, 20.0), (25.0, 2.0), (50.0, 25.0)):
+        runs.append({"samples_per_s": rate, "label": f"run at {rate:g}"})
+        runs[-1].update(comparison_fields(rate, {"map": {"samples_per_s": lerobot}}))
+    out = median_of_pairs(runs)
+    assert [p["vs_lerobot_map"] for p in out["lerobot_repeats"]] == [5.0, 12.5, 2.0]
+    assert out["vs_lerobot_map"] == out["vs_lerobot_best"] == 5.0  # not 50 / 20
+    assert out["lerobot_map_samples_per_s"] == 20.0 and out["lerobot_best_loader"] == "map"
+    assert out["label"] == "run at 50" and out["samples_per_s"] == 50.0  # the median run
+    assert out["repeats"] == 3 and out["repeat_samples_per_s"] == [100.0, 25.0, 50.0]
+    assert out["lerobot_streaming_samples_per_s"] is None
 
 
 def test_decode_only_limit(small_root):

@@ -349,8 +349,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=1,
-        help="with --ranks/--compare-local: run each configuration this many times "
-        "(local and remote alternating) and report medians",
+        help="run each configuration this many times and report medians: with "
+        "--compare-local, local and remote alternate; with --compare-lerobot, each run is "
+        "followed by LeRobot's, and the ratios are the medians of each pair's",
     )
     return p
 

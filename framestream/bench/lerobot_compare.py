@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,4 +107,38 @@ def comparison_fields(samples_per_s: float, runs: dict[str, dict[str, Any]]) -> 
     out["lerobot_best_samples_per_s"] = best[1] if best else None
     out["vs_lerobot_best"] = samples_per_s / best[1] if best and samples_per_s else None
     out["lerobot_runs"] = runs
+    return out
+
+
+_FIGURES = tuple(
+    key.format(name)
+    for name in ("map", "streaming", "best")
+    for key in ("lerobot_{}_samples_per_s", "vs_lerobot_{}")
+)
+
+
+def median_of_pairs(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from ``--repeats`` runs of one configuration, each followed by LeRobot's.
+
+    framestream and LeRobot alternate, so each ratio is measured between adjacent runs: the
+    ratios reported are the medians of each pair's ratio (a machine drifting during the
+    invocation moves both runs of a pair, not one against the other); the rates are medians
+    of the rates; the rest is the run of median samples/s. ``lerobot_repeats`` keeps every
+    pair and ``repeats`` their number.
+    """
+    order = sorted(range(len(results)), key=lambda i: results[i]["samples_per_s"] or 0.0)
+    out = dict(results[order[(len(order) - 1) // 2]])  # the lower median of an even count
+    pairs = [
+        {"samples_per_s": r["samples_per_s"], **{k: r.get(k) for k in _FIGURES}} for r in results
+    ]
+    for k in _FIGURES:
+        vals = [p[k] for p in pairs if p[k] is not None]
+        out[k] = statistics.median(vals) if vals else None
+    rates = {n: out[f"lerobot_{n}_samples_per_s"] for n in ("map", "streaming")}
+    out["lerobot_best_loader"] = max(
+        (n for n, rate in rates.items() if rate is not None), key=rates.__getitem__, default=None
+    )
+    out["repeats"] = len(results)
+    out["lerobot_repeats"] = pairs
+    out["repeat_samples_per_s"] = [p["samples_per_s"] for p in pairs]
     return out

@@ -283,6 +283,10 @@ def format_summary(r: Mapping[str, Any]) -> str:
                 f"{_fmt(r['vs_lerobot_best'], 'x', 2)} (best: {r['lerobot_best_loader']})",
             )
         )
+    pairs = r.get("lerobot_repeats") or []
+    if len(pairs) > 1:
+        each = ", ".join(_fmt(p.get("vs_lerobot_best"), "x", 2) for p in pairs)
+        rows.append(("LeRobot figures", f"medians of {len(pairs)} alternated pairs ({each})"))
     rows += _remote_rows(r)
     for note in r.get("notes") or []:
         rows.append(("note", note))

@@ -19,7 +19,7 @@ import numpy as np
 from framestream.bench.ceiling import ceiling_for_node
 from framestream.bench.config import TARGETS, BenchConfig, effective_warmup
 from framestream.bench.dist import DistInfo, detect_dist, gather_node_sums, init_dist
-from framestream.bench.lerobot_compare import comparison_fields
+from framestream.bench.lerobot_compare import comparison_fields, median_of_pairs
 from framestream.bench.measure import percentiles, stream_timed
 from framestream.bench.remote import bench_root, link_fields, no_io, rank_io, start_server
 from framestream.bench.shuffle import MixingRecorder, expected_distinct_episodes
@@ -102,7 +102,8 @@ def run_benchmarks(
     if any(_dataset_of(c) != _dataset_of(first) for c in cfgs[1:]):
         raise ValueError("runs of one invocation must share the dataset and how it is read")
     say = log or (lambda _msg: None)
-    if first.served is None and (first.ranks or first.compare_local or first.repeats > 1):
+    # --repeats alone (or with --compare-lerobot) repeats in this process, below
+    if first.served is None and (first.ranks or first.compare_local):
         from framestream.bench.ranks import run_ranked
 
         return run_ranked(cfgs, run_benchmarks, progress=progress, log=say, on_result=on_result)
@@ -129,7 +130,14 @@ def run_benchmarks(
         session.served = first.source != "local"
         results = []
         for cfg in cfgs:
-            result = _run_one(cfg, session, progress(cfg) if progress else None, say)
+            if cfg.repeats > 1:  # each run followed by LeRobot's with --compare-lerobot
+                runs = []
+                for rep in range(cfg.repeats):
+                    say(f"mode={cfg.mode} run {rep + 1}/{cfg.repeats}")
+                    runs.append(_run_one(cfg, session, progress(cfg) if progress else None, say))
+                result = median_of_pairs(runs)
+            else:
+                result = _run_one(cfg, session, progress(cfg) if progress else None, say)
             if on_result is not None:
                 on_result(result)
             results.append(result)

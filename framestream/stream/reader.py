@@ -30,7 +30,7 @@ from framestream.format.tables import EpisodeData, TableReader, image_frames
 from framestream.stream.ledger import SegmentLedger, Step
 from framestream.stream.plan import Segment
 from framestream.stream.prefetch import camera_span
-from framestream.stream.sample import WindowSpec, build_sample, in_layout
+from framestream.stream.sample import CameraFrames, Interleaved, WindowSpec, build_sample, in_layout
 
 
 @dataclass
@@ -49,10 +49,12 @@ class Counters:
 class _CameraFrames:
     """Decoded frames of one camera of one reader (the ledger's camera ``index``)."""
 
-    def __init__(self, index: int, needed: np.ndarray) -> None:
+    def __init__(self, index: int, needed: np.ndarray, single: bool) -> None:
         self.index = index
         self.needed = needed  # sorted frame indices some pending sample uses (the span)
-        self.store: dict[int, np.ndarray] = {}  # frames in the output's memory order
+        # frames in the output's memory order, or Interleaved (see SegmentReader._ensure)
+        self.store: dict[int, np.ndarray | Interleaved] = {}
+        self.single = single  # a sample's window of this camera is one frame
         self.restored = False  # frames the ledger held before this reader existed decoded
         self.query: dict[str, Any] | None = None  # decode_episode_frames' fixed arguments
 
@@ -92,7 +94,8 @@ class SegmentReader:
         self.ledger = ledger
         self.camera_out = camera_out
         self.cameras = {
-            key: _CameraFrames(i, ledger.cameras[i].needed) for i, key in enumerate(meta.video_keys)
+            key: _CameraFrames(i, ledger.cameras[i].needed, len(spec.frame_offsets(key)) == 1)
+            for i, key in enumerate(meta.video_keys)
         }
         self.window_frames = sum(len(spec.frame_offsets(k)) for k in meta.camera_keys)
         counters.episodes_opened += 1
@@ -136,7 +139,14 @@ class SegmentReader:
         else:
             h, w, c = arr.shape[1:]
             shape = (h, w, c) if self.channels_last else (c, h, w)
+        # A frame whose only user is the sample being built, written into a batch slot: kept
+        # as decoded, to be deinterleaved straight into the slot (sample.Interleaved). It
+        # dies with this sample, within this call: the ledger's count of it is unchanged.
+        release = step.release[cam.index] if self._direct(cam, depth, arr) else ()
         for i, f in enumerate(todo.tolist()):
+            if f in release:
+                cam.store[f] = Interleaved(arr[i : i + 1])
+                continue
             # Own (recycled) memory per frame, so a chunk is freed frame by frame, laid out
             # once in the output's memory order for every sample that reuses the frame.
             own = (
@@ -150,6 +160,18 @@ class SegmentReader:
                 to_planar(arr[i], own)
             cam.store[f] = own
         self.counters.decoded_frames += len(todo)
+
+    def _direct(self, cam: _CameraFrames, depth: bool, arr: np.ndarray) -> bool:
+        """Whether ``cam``'s frames may go to the sample as decoded (:class:`Interleaved`)."""
+        return (
+            cam.single
+            and self.camera_out is not None
+            and self.return_uint8
+            and not self.channels_last
+            and self.yuv is None
+            and not depth
+            and arr.dtype == np.uint8
+        )
 
     def open_decoders(self) -> None:
         """Open (in the decoder cache) the decoder each camera will read, decoding nothing."""
@@ -181,7 +203,7 @@ class SegmentReader:
             self.decoders.backend,
         )
 
-    def _frames(self, key: str, idx: np.ndarray) -> list[np.ndarray] | np.ndarray:
+    def _frames(self, key: str, idx: np.ndarray) -> CameraFrames:
         if self.meta.features[key].dtype == "image":
             frames = image_frames(self.ep, key, idx)
             return [in_layout(f, channels_last=self.channels_last) for f in frames]
@@ -191,7 +213,8 @@ class SegmentReader:
             f = int(idx[0])
             if f in step.release[cam.index]:
                 # This sample is the frame's last user: hand the frame over, no copy.
-                return cam.store.pop(f)[None]
+                own = cam.store.pop(f)
+                return own if isinstance(own, Interleaved) else own[None]
             return [cam.store[f]]
         return [cam.store[int(i)] for i in idx]
 
