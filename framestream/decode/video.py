@@ -406,14 +406,14 @@ def decode_episode_frames(
     delivered, they would mix sizes in a batch (or crash its collation far from the cause).
     """
     query = from_timestamp + np.asarray(timestamps, dtype=np.float64)
-    snapped = np.round(query * fps) / fps
+    snapped = np.rint(query * fps) / fps  # np.round's rounding (half to even), without its wrapper
     nudge = min(tolerance_s, 0.25 / fps)  # inside the snapped frame, past rounding noise
     try:
         dec = cache.get(relative, pixel_format, span)
     except VideoDecodeError as exc:
         raise VideoDecodeError(f"{exc} (camera {camera!r}, episode {episode})") from exc
     try:
-        data, pts = dec.frames_at((snapped + nudge).tolist())
+        data, pts = dec.frames_at(snapped + nudge)  # float64 seconds, as torchcodec takes them
     except VideoDecodeError as exc:
         cache.discard(relative, pixel_format, span)
         raise VideoDecodeError(

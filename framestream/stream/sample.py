@@ -186,22 +186,23 @@ def write_frames(frames: CameraFrames, dest: torch.Tensor, *, return_uint8: bool
     tensor ((T, C, H, W), or (C, H, W) for one frame), as :func:`stack_frames` and
     :func:`image_to_output` would make it: the same values, bit for bit, without the
     sample's own copy."""
-    rows = dest.view(-1, *dest.shape[-3:])
-    if isinstance(frames, Interleaved):
-        if return_uint8:  # deinterleaved straight into the batch slot: the one copy
-            for row, f in zip(rows.numpy(), frames.frames, strict=True):
-                to_planar(f, row)
-            return dest
-        frames = [np.ascontiguousarray(f.transpose(2, 0, 1)) for f in frames.frames]
     if return_uint8:
-        if isinstance(frames, np.ndarray):
-            np.copyto(rows.numpy(), frames)
+        # numpy views of the slot: a torch view per sample and camera cost ~1 % of a worker
+        rows = dest.numpy()
+        rows = rows[None] if rows.ndim == 3 else rows
+        if isinstance(frames, Interleaved):  # deinterleaved straight into the slot: one copy
+            for row, f in zip(rows, frames.frames, strict=True):
+                to_planar(f, row)
+        elif isinstance(frames, np.ndarray):
+            np.copyto(rows, frames)
         else:
-            np.stack(frames, out=rows.numpy())
-    else:
-        for row, f in zip(rows, frames, strict=True):
-            row.copy_(torch.from_numpy(f))
-        dest.div_(255.0)
+            np.stack(frames, out=rows)
+        return dest
+    if isinstance(frames, Interleaved):
+        frames = [np.ascontiguousarray(f.transpose(2, 0, 1)) for f in frames.frames]
+    for row, f in zip(dest.view(-1, *dest.shape[-3:]), frames, strict=True):
+        row.copy_(torch.from_numpy(f))
+    dest.div_(255.0)
     return dest
 
 
@@ -289,6 +290,7 @@ def build_sample(
             )
         else:
             out[key] = _to_tensor(value[frame], dtype)
+    current = None  # the one-frame index of cameras without a window, made once
     for key in meta.camera_keys:
         feature = features[key]
         kind = dict(return_uint8=return_uint8, depth_output_unit=depth_output_unit)
@@ -296,7 +298,9 @@ def build_sample(
         if windowed:
             idx, pad = window_indices(frame, spec.offsets[key], length)
         else:
-            idx, pad = np.array([frame]), None
+            if current is None:
+                current = np.array([frame])
+            idx, pad = current, None
         dest = camera_out(key, out) if camera_out is not None else None
         if dest is not None:  # the batch's memory (framestream.batch.arena), in place
             img = write_frames(camera_frames(key, idx), dest, return_uint8=return_uint8)
