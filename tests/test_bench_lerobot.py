@@ -66,6 +66,7 @@ def test_repeats_report_the_median_of_each_pairs_ratio():
     assert out["label"] == "run at 50" and out["samples_per_s"] == 50.0  # the median run
     assert out["repeats"] == 3 and out["repeat_samples_per_s"] == [100.0, 25.0, 50.0]
     assert out["lerobot_streaming_samples_per_s"] is None
+    assert out["vs_lerobot_best_pairs"] == "5.000;12.500;2.000"
 
 
 def test_decode_only_limit(small_root):

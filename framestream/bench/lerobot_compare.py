@@ -107,6 +107,7 @@ def comparison_fields(samples_per_s: float, runs: dict[str, dict[str, Any]]) -> 
     out["lerobot_best_samples_per_s"] = best[1] if best else None
     out["vs_lerobot_best"] = samples_per_s / best[1] if best and samples_per_s else None
     out["lerobot_runs"] = runs
+    out["vs_lerobot_best_pairs"] = None  # with --repeats: each pair's ratio (median_of_pairs)
     return out
 
 
@@ -141,4 +142,7 @@ def median_of_pairs(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["repeats"] = len(results)
     out["lerobot_repeats"] = pairs
     out["repeat_samples_per_s"] = [p["samples_per_s"] for p in pairs]
+    out["vs_lerobot_best_pairs"] = ";".join(  # each pair's ratio, in one CSV cell
+        "-" if p["vs_lerobot_best"] is None else f"{p['vs_lerobot_best']:.3f}" for p in pairs
+    )
     return out

@@ -99,6 +99,8 @@ CSV_FIELDS = (
     "vs_lerobot_best",
     "lerobot_map_error",
     "lerobot_streaming_error",
+    "repeats",
+    "vs_lerobot_best_pairs",
     "target",
     "meets_target",
     "load_avg_start",

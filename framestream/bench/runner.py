@@ -432,6 +432,7 @@ def _run_one(
         "sample_frames_vs_decode_only": _ratio(sample_frames_node, limit_fps),
         "pixel_format": cfg.pixel_format,
         **lerobot,
+        "repeats": 1,  # runs behind this result (--repeats: medians, see median_of_pairs)
         "target": target,
         "meets_target": (sample_vs >= target) if (target and sample_vs is not None) else None,
         "stats_total": stats1,
