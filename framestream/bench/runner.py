@@ -130,14 +130,12 @@ def run_benchmarks(
         session.served = first.source != "local"
         results = []
         for cfg in cfgs:
-            if cfg.repeats > 1:  # each run followed by LeRobot's with --compare-lerobot
-                runs = []
-                for rep in range(cfg.repeats):
+            runs = []  # --repeats: each run followed by LeRobot's with --compare-lerobot
+            for rep in range(cfg.repeats):
+                if cfg.repeats > 1:
                     say(f"mode={cfg.mode} run {rep + 1}/{cfg.repeats}")
-                    runs.append(_run_one(cfg, session, progress(cfg) if progress else None, say))
-                result = median_of_pairs(runs)
-            else:
-                result = _run_one(cfg, session, progress(cfg) if progress else None, say)
+                runs.append(_run_one(cfg, session, progress(cfg) if progress else None, say))
+            result = median_of_pairs(runs) if len(runs) > 1 else runs[0]
             if on_result is not None:
                 on_result(result)
             results.append(result)

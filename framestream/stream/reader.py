@@ -49,12 +49,14 @@ class Counters:
 class _CameraFrames:
     """Decoded frames of one camera of one reader (the ledger's camera ``index``)."""
 
-    def __init__(self, index: int, needed: np.ndarray, single: bool) -> None:
+    def __init__(self, index: int, needed: np.ndarray, direct: bool) -> None:
         self.index = index
         self.needed = needed  # sorted frame indices some pending sample uses (the span)
         # frames in the output's memory order, or Interleaved (see SegmentReader._ensure)
         self.store: dict[int, np.ndarray | Interleaved] = {}
-        self.single = single  # a sample's window of this camera is one frame
+        # One-frame window, uint8 RGB in contiguous layout: a frame whose only user is the
+        # sample being built may reach it as decoded (Interleaved) when it has a batch slot.
+        self.direct = direct
         self.restored = False  # frames the ledger held before this reader existed decoded
         self.query: dict[str, Any] | None = None  # decode_episode_frames' fixed arguments
 
@@ -93,8 +95,15 @@ class SegmentReader:
             raise type(exc)(f"dataset {meta.source.url}: episode {segment.episode}: {exc}") from exc
         self.ledger = ledger
         self.camera_out = camera_out
+        rgb_uint8 = return_uint8 and not channels_last and self.yuv is None
         self.cameras = {
-            key: _CameraFrames(i, ledger.cameras[i].needed, len(spec.frame_offsets(key)) == 1)
+            key: _CameraFrames(
+                i,
+                ledger.cameras[i].needed,
+                direct=rgb_uint8
+                and len(spec.frame_offsets(key)) == 1
+                and not meta.features[key].is_depth,
+            )
             for i, key in enumerate(meta.video_keys)
         }
         self.window_frames = sum(len(spec.frame_offsets(k)) for k in meta.camera_keys)
@@ -142,7 +151,8 @@ class SegmentReader:
         # A frame whose only user is the sample being built, written into a batch slot: kept
         # as decoded, to be deinterleaved straight into the slot (sample.Interleaved). It
         # dies with this sample, within this call: the ledger's count of it is unchanged.
-        release = step.release[cam.index] if self._direct(cam, depth, arr) else ()
+        direct = cam.direct and self.camera_out is not None and arr.dtype == np.uint8
+        release = step.release[cam.index] if direct else ()
         for i, f in enumerate(todo.tolist()):
             if f in release:
                 cam.store[f] = Interleaved(arr[i : i + 1])
@@ -160,18 +170,6 @@ class SegmentReader:
                 to_planar(arr[i], own)
             cam.store[f] = own
         self.counters.decoded_frames += len(todo)
-
-    def _direct(self, cam: _CameraFrames, depth: bool, arr: np.ndarray) -> bool:
-        """Whether ``cam``'s frames may go to the sample as decoded (:class:`Interleaved`)."""
-        return (
-            cam.single
-            and self.camera_out is not None
-            and self.return_uint8
-            and not self.channels_last
-            and self.yuv is None
-            and not depth
-            and arr.dtype == np.uint8
-        )
 
     def open_decoders(self) -> None:
         """Open (in the decoder cache) the decoder each camera will read, decoding nothing."""

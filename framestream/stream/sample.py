@@ -33,6 +33,12 @@ class Interleaved(NamedTuple):
 
     frames: np.ndarray
 
+    def into(self, out: np.ndarray) -> np.ndarray:
+        """Deinterleave the frames into ``out``, (T, C, H, W) uint8 memory of their own."""
+        for row, f in zip(out, self.frames, strict=True):
+            to_planar(f, row)
+        return out
+
 
 CameraFrames = Sequence[np.ndarray] | np.ndarray | Interleaved
 
@@ -162,15 +168,12 @@ def stack_frames(frames: CameraFrames, *, channels_last: bool) -> torch.Tensor:
     (:mod:`framestream.decode.buffers`); a 4-D array is the sample's own memory, used as is.
     """
     if isinstance(frames, Interleaved):  # laid out into a recycled buffer, never kept as is
-        hwc = frames.frames
-        t, h, w, c = hwc.shape
+        t, h, w, c = frames.frames.shape
         tensor = _buffers.take((t, h, w, c) if channels_last else (t, c, h, w))
-        out = tensor.numpy()
         if channels_last:
-            np.copyto(out, hwc)
+            np.copyto(tensor.numpy(), frames.frames)
         else:
-            for i in range(t):
-                to_planar(hwc[i], out[i])
+            frames.into(tensor.numpy())
     elif isinstance(frames, np.ndarray):
         tensor = torch.from_numpy(frames)
     elif frames[0].dtype != np.uint8:  # depth codes (uint16): not from the uint8 pool
@@ -188,18 +191,17 @@ def write_frames(frames: CameraFrames, dest: torch.Tensor, *, return_uint8: bool
     sample's own copy."""
     if return_uint8:
         # numpy views of the slot: a torch view per sample and camera cost ~1 % of a worker
-        rows = dest.numpy()
-        rows = rows[None] if rows.ndim == 3 else rows
+        rows = dest.numpy().reshape(-1, *dest.shape[-3:])
         if isinstance(frames, Interleaved):  # deinterleaved straight into the slot: one copy
-            for row, f in zip(rows, frames.frames, strict=True):
-                to_planar(f, row)
+            frames.into(rows)
         elif isinstance(frames, np.ndarray):
             np.copyto(rows, frames)
         else:
             np.stack(frames, out=rows)
         return dest
     if isinstance(frames, Interleaved):
-        frames = [np.ascontiguousarray(f.transpose(2, 0, 1)) for f in frames.frames]
+        t, h, w, c = frames.frames.shape
+        frames = frames.into(np.empty((t, c, h, w), dtype=np.uint8))
     for row, f in zip(dest.view(-1, *dest.shape[-3:]), frames, strict=True):
         row.copy_(torch.from_numpy(f))
     dest.div_(255.0)
