@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from framestream.bench.ceiling import measure_ceiling
+from framestream.bench.config import BenchConfig
 from framestream.bench.lerobot_compare import (
     DRIVER,
     comparison_fields,
@@ -67,6 +68,16 @@ def test_repeats_report_the_median_of_each_pairs_ratio():
     assert out["repeats"] == 3 and out["repeat_samples_per_s"] == [100.0, 25.0, 50.0]
     assert out["lerobot_streaming_samples_per_s"] is None
     assert out["vs_lerobot_best_pairs"] == "5.000;12.500;2.000"
+
+
+@pytest.mark.parametrize("other", [{"ranks": 2}, {"ranks": 1}, {"compare_local": True}])
+def test_compare_lerobot_refuses_ranks_instead_of_skipping_the_comparison(other):
+    """Rank processes run framestream only: combined with --ranks or --compare-local, the
+    LeRobot comparison asked for would silently not happen."""
+    with pytest.raises(ValueError, match="--compare-lerobot"):
+        BenchConfig(compare_lerobot="/usr/bin/python3", **other)
+    BenchConfig(compare_lerobot="/usr/bin/python3", repeats=3)  # alone (and repeated): fine
+    BenchConfig(**other)  # ranks without the comparison: fine
 
 
 def test_decode_only_limit(small_root):

@@ -84,6 +84,12 @@ class BenchConfig:
             raise ValueError(f"--ranks must be >= 1, got {self.ranks}")
         if self.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.compare_lerobot and self.served is None and (self.ranks or self.compare_local):
+            # rank processes run framestream only: the comparison would silently not happen
+            raise ValueError(
+                "--compare-lerobot measures one process's loaders against LeRobot's and does "
+                "not combine with --ranks or --compare-local; run it in its own invocation"
+            )
         if self.link_latency_ms < 0 or self.link_mbps < 0:
             raise ValueError("--link-latency-ms and --link-mbps must be >= 0")
 
@@ -269,7 +275,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="PYTHON",
         help="the Python of an environment with LeRobot installed: after each framestream run, "
         "run LeRobot's loaders (--lerobot-loaders) there on the same dataset, mode, workers "
-        "and batch size, and report framestream's samples/s ratio to each",
+        "and batch size, and report framestream's samples/s ratio to each (one process: "
+        "not with --ranks or --compare-local)",
     )
     p.add_argument(
         "--lerobot-loaders",
