@@ -84,7 +84,7 @@ class BenchConfig:
             raise ValueError(f"--ranks must be >= 1, got {self.ranks}")
         if self.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
-        if self.compare_lerobot and self.served is None and (self.ranks or self.compare_local):
+        if self.compare_lerobot and (self.ranks or self.compare_local):
             # rank processes run framestream only: the comparison would silently not happen
             raise ValueError(
                 "--compare-lerobot measures one process's loaders against LeRobot's and does "

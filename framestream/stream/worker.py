@@ -133,7 +133,6 @@ class WorkerStream:
         )
         self._published: dict[str, int] = {}
         self._arena: Placer | None = None
-        self._camera_out: Callable[[str, Any], torch.Tensor | None] | None = None
         if schedule.ledger is None:  # a schedule built without a memory model
             schedule.ledger = _ledger.Ledger(memory_model(meta, spec.window, opts))
             schedule.load_state_dict(schedule.state_dict())  # accounts what is open
@@ -160,9 +159,13 @@ class WorkerStream:
         # one drains, before its fetch exists) are told too: else every batch of their
         # samples alone was collated the ordinary way, one more copy per camera.
         self._arena = arena
-        self._camera_out = arena.out if arena is not None else None
         for reader in self.readers.values():
             reader.camera_out = self._camera_out
+
+    @property
+    def _camera_out(self) -> Callable[[str, Any], torch.Tensor | None] | None:
+        """What readers ask for a camera's place in the batch slot (None: no arena)."""
+        return self._arena.out if self._arena is not None else None
 
     # ------------------------------------------------------------ reading
     def _reader(self, rid: int) -> SegmentReader:
